@@ -1,0 +1,61 @@
+# cc-relay — build, run, test. `make run` and `make test` work on a fresh machine: they install
+# what the build needs first (cmake for Pingora's zlib-ng, the Anthropic Python SDK for its test).
+
+CARGO ?= cargo
+PYTHON ?= python3
+CONFIG ?=
+
+.PHONY: all build run test lint fmt bench load demo deps deps-build deps-test clean
+
+all: build
+
+# Pingora's flate2/zlib-ng needs cmake and a C compiler even with rustls.
+deps-build:
+	@command -v cmake >/dev/null 2>&1 || { \
+		echo "installing cmake (needed to build Pingora)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
+	@command -v cc >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -qq build-essential >/dev/null; }
+
+# The end-to-end SDK test drives the relay with the official Anthropic Python SDK.
+deps-test:
+	@$(PYTHON) -c "import anthropic" 2>/dev/null || { \
+		echo "installing the anthropic Python SDK (for the SDK end-to-end test)"; \
+		$(PYTHON) -m pip install -q anthropic || $(PYTHON) -m pip install -q --break-system-packages anthropic; }
+
+deps: deps-build deps-test
+
+build: deps-build
+	$(CARGO) build --release
+
+# Runs the relay: with CONFIG=path, that file; otherwise ./cc-relay.yaml,
+# ~/.config/cc-relay/config.yaml, or the embedded default (127.0.0.1:8787, Anthropic,
+# ANTHROPIC_API_KEY when set, else the client's own credentials pass through).
+run: build
+	./target/release/cc-relay serve $(if $(CONFIG),--config $(CONFIG))
+
+test: deps
+	$(CARGO) test --release
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: deps-build
+	$(CARGO) bench
+
+# Side-by-side load test: direct to the mock, through cc-relay, through nginx (see docs/BENCHMARKS.md).
+load: build
+	bash scripts/load.sh
+
+# The relay in front of the mock upstream, with a two-key pool: try it with curl or Claude Code.
+demo: build
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean

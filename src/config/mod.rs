@@ -1,0 +1,29 @@
+//! Configuration: YAML as users write it (compatible with the Go cc-relay) → validated runtime
+//! types ([`Config`]).
+//!
+//! Loading: parse YAML → walk the tree against the schema in `raw.rs` (unknown keys are errors
+//! with their path, Go-only keys are dropped with a warning, `${VAR}` is expanded, scalars are
+//! type-checked) → deserialize into the raw serde types → `validate.rs` turns them into
+//! [`Config`], reporting every problem at once. Errors and warnings name field paths and never
+//! contain a secret.
+
+mod diff;
+mod error;
+mod expand;
+mod load;
+mod raw;
+mod types;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use diff::{summarize_changes, ChangeSummary};
+pub use error::ConfigError;
+pub use load::{
+    discover, discover_with_warnings, embedded_default, load_file, load_file_with_warnings,
+    load_str, load_str_with_warnings, search_paths, ConfigSource, STARTER_CONFIG,
+};
+pub use raw::go_ignored_keys;
+pub use types::*;
+pub use validate::{default_base_url, key_fingerprint};

@@ -1,0 +1,212 @@
+//! Validated runtime configuration: what the rest of the relay reads.
+//!
+//! These types are produced only by `config::load*` from the raw serde types (see `raw.rs`), so
+//! every value here has already been checked: addresses parse, priorities are in range, names
+//! are unique. Nothing outside `config` constructs them from user input.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::pool::Strategy;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// `server.listen`; Go-style `:8787` means `0.0.0.0:8787`.
+    pub listen: SocketAddr,
+    /// `server.timeout_ms`: the longest an upstream may stay silent (between two reads of a
+    /// response, streaming included) before the relay answers 504 / ends the stream.
+    pub upstream_read_timeout: Duration,
+    /// `server.connect_timeout_ms` (default 10 s).
+    pub upstream_connect_timeout: Duration,
+    /// `server.max_body_bytes` (default 32 MiB); larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// `server.max_concurrent` (0 = unlimited); above it the relay answers 503.
+    pub max_concurrent: usize,
+    pub auth: AuthConfig,
+    /// `server.threads` (default: number of cores).
+    pub threads: usize,
+    /// `server.grace_period_seconds` (default 30): how long an old process keeps serving
+    /// in-flight requests after an upgrade / SIGTERM.
+    pub grace_period: Duration,
+    /// `server.graceful_shutdown_timeout_seconds` (default 5).
+    pub graceful_shutdown_timeout: Duration,
+    /// `server.pid_file` (default `/tmp/cc-relay.pid`).
+    pub pid_file: PathBuf,
+    /// `server.upgrade_sock` (default `/tmp/cc-relay_upgrade.sock`).
+    pub upgrade_sock: PathBuf,
+}
+
+/// The relay's own client authentication (`server.auth`). All `None`/false = open relay.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// `server.auth.api_key`: clients must send this as `x-api-key` (or Bearer when allowed).
+    pub api_key: Option<Secret>,
+    /// `server.auth.allow_bearer` (Go: also `allow_subscription`): accept `Authorization: Bearer`.
+    pub allow_bearer: bool,
+    /// `server.auth.bearer_secret`: the Bearer token to accept; when `None` and `allow_bearer`,
+    /// `api_key` is accepted as a Bearer token too.
+    pub bearer_secret: Option<Secret>,
+}
+
+impl AuthConfig {
+    /// Whether the relay checks client credentials at all.
+    pub fn is_enabled(&self) -> bool {
+        self.api_key.is_some() || self.bearer_secret.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Anthropic,
+    Zai,
+    Minimax,
+    Ollama,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Zai => "zai",
+            ProviderKind::Minimax => "minimax",
+            ProviderKind::Ollama => "ollama",
+        }
+    }
+}
+
+/// A parsed, absolute upstream base URL (`base_url`, or the kind's default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    /// Host name or IP literal, without brackets; used for `Host` and SNI.
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`""` for none), joined before the request path.
+    pub path_prefix: String,
+}
+
+impl BaseUrl {
+    /// The `Host` header value: `host` or `host:port` when the port is not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.host_header(), self.path_prefix)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub enabled: bool,
+    pub base_url: BaseUrl,
+    /// Models this provider serves (routing and `GET /v1/models`). Empty = any model.
+    pub models: Vec<String>,
+    /// Exact-match rewrites of the request body's `model` for this provider.
+    pub model_mapping: HashMap<String, String>,
+    pub pooling: PoolingConfig,
+    /// Empty = passthrough: the client's own credentials are forwarded unchanged.
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolingConfig {
+    /// `pooling.strategy` (default `least_loaded`).
+    pub strategy: Strategy,
+    /// `pooling.enabled`; `None` = on when the provider has more than one key.
+    pub enabled: Option<bool>,
+    /// `pooling.max_wait_ms` (default 0): hold a request this long for capacity before 429.
+    pub max_wait: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyConfig {
+    pub key: Secret,
+    /// Display id: `name` if given, else `key-` + first 8 hex chars of a hash of the key.
+    pub id: String,
+    /// 0 = unknown until learned from response headers.
+    pub rpm_limit: u64,
+    pub itpm_limit: u64,
+    pub otpm_limit: u64,
+    /// 0..=2; 2 is tried first.
+    pub priority: u8,
+    /// >= 0, used by the `weighted` strategy. Default 1.
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoutingConfig {
+    /// `routing.strategy`, kept for Go compatibility (`failover` only is implemented: the first
+    /// enabled provider that serves the model wins).
+    pub strategy: String,
+    /// Global exact-match model rewrites applied before choosing a provider.
+    pub model_mapping: HashMap<String, String>,
+    /// `routing.default_provider`: used when no provider lists the requested model.
+    pub default_provider: Option<String>,
+    /// `routing.max_attempts` (default 2): attempts per request across keys, first included.
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoggingConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` (default `info`). `RUST_LOG` overrides.
+    pub level: String,
+    /// `text` or `json` (default `text`).
+    pub format: String,
+    /// `stdout` or `stderr` (default `stderr`).
+    pub output: String,
+}
+
+/// A credential. Its `Debug` and `Display` never show the value, so a secret cannot reach a log
+/// by accident through formatting a config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The raw value, for the one place that must send it (the upstream request header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}

@@ -1,0 +1,826 @@
+//! Raw (as written) → runtime (validated) configuration.
+//!
+//! Every check records its problem and carries on with a default, so that one run reports every
+//! problem in the file. Messages name the field path and the allowed values; they quote a
+//! configured value only for fields that cannot hold a secret, and even then not when it looks
+//! like a credential (see [`shown`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::error::ConfigError;
+use super::raw::{
+    RawAuth, RawConfig, RawKey, RawLogging, RawPooling, RawProvider, RawRouting, RawServer,
+    CLOUD_TYPES,
+};
+use super::types::*;
+use crate::pool::Strategy;
+
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_TIMEOUT_MS: i64 = 600_000;
+/// The Go version's cap on `timeout_ms` (24 h): larger values are typos, not intentions.
+const MAX_TIMEOUT_MS: i64 = 24 * 60 * 60 * 1000;
+const DEFAULT_CONNECT_TIMEOUT_MS: i64 = 10_000;
+const DEFAULT_MAX_BODY_BYTES: i64 = 32 * 1024 * 1024;
+const MAX_THREADS: i64 = 1024;
+const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
+const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: i64 = 5;
+const DEFAULT_PID_FILE: &str = "/tmp/cc-relay.pid";
+const DEFAULT_UPGRADE_SOCK: &str = "/tmp/cc-relay_upgrade.sock";
+const DEFAULT_PRIORITY: i64 = 1;
+const DEFAULT_MAX_ATTEMPTS: i64 = 2;
+const MAX_MAX_ATTEMPTS: i64 = 10;
+
+pub(crate) const SUPPORTED_TYPES: &str = "anthropic, zai, minimax, ollama";
+
+/// Routing strategies the Go cc-relay accepted, across its versions. Only `failover` is
+/// implemented; the others are accepted (so a Go config loads) and behave as `failover`.
+const GO_ROUTING_STRATEGIES: [&str; 13] = [
+    "failover",
+    "round_robin",
+    "weighted_round_robin",
+    "shuffle",
+    "model_based",
+    "least_loaded",
+    "weighted_failover",
+    "simple-shuffle",
+    "round-robin",
+    "least-busy",
+    "cost-based",
+    "latency-based",
+    "model-based",
+];
+
+/// The upstream a provider kind talks to when `base_url` is not set.
+pub fn default_base_url(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+        ProviderKind::Zai => "https://api.z.ai/api/anthropic",
+        ProviderKind::Minimax => "https://api.minimax.io/anthropic",
+        ProviderKind::Ollama => "http://localhost:11434",
+    }
+}
+
+/// The stable, non-cryptographic fingerprint of a key (FNV-1a, 64 bit). Used for display ids
+/// and to recognise the same key across reloads; it is not a way to protect the key.
+pub fn key_fingerprint(secret: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    secret
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// `key-` + the first 8 hex digits of the fingerprint.
+pub(crate) fn fingerprint_id(fingerprint: u64) -> String {
+    format!("key-{:08x}", fingerprint >> 32)
+}
+
+struct Ctx<'w> {
+    errors: Vec<ConfigError>,
+    warnings: &'w mut Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::invalid(path, message));
+    }
+    fn warn(&mut self, message: String) {
+        self.warnings.push(message);
+    }
+}
+
+pub(crate) fn validate(
+    raw: RawConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Ctx {
+        errors: Vec::new(),
+        warnings,
+    };
+    let server = server(raw.server, &mut c);
+    let providers = providers(raw.providers, &mut c);
+    let routing = routing(raw.routing, &providers, &mut c);
+    let logging = logging(raw.logging, &mut c);
+    if c.errors.is_empty() {
+        Ok(Config {
+            server,
+            providers,
+            routing,
+            logging,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// server
+// ---------------------------------------------------------------------------------------------
+
+fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = parse_listen(listen_text).unwrap_or_else(|m| {
+        c.error("server.listen", m);
+        SocketAddr::from(([127, 0, 0, 1], 8787))
+    });
+
+    // Go treated 0 as "use the default"; so do we, so that a Go config means the same here.
+    let timeout_ms = match raw.timeout_ms {
+        None | Some(0) => DEFAULT_TIMEOUT_MS,
+        Some(t) if t < 0 => {
+            c.error("server.timeout_ms", format!("must be >= 0, got {t}"));
+            DEFAULT_TIMEOUT_MS
+        }
+        Some(t) if t > MAX_TIMEOUT_MS => {
+            c.error(
+                "server.timeout_ms",
+                format!("must be at most {MAX_TIMEOUT_MS} (24 h), got {t}"),
+            );
+            DEFAULT_TIMEOUT_MS
+        }
+        Some(t) => t,
+    };
+    let connect_ms = match raw.connect_timeout_ms {
+        None => DEFAULT_CONNECT_TIMEOUT_MS,
+        Some(t) if t <= 0 || t > MAX_TIMEOUT_MS => {
+            c.error(
+                "server.connect_timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}, got {t}"),
+            );
+            DEFAULT_CONNECT_TIMEOUT_MS
+        }
+        Some(t) => t,
+    };
+    let max_body_bytes = match raw.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(b) if b <= 0 => {
+            c.error(
+                "server.max_body_bytes",
+                format!(
+                    "must be > 0, got {b} (the Go cc-relay read 0 as unlimited; this relay \
+                     buffers request bodies, so it needs a limit: omit the field for the default \
+                     of {DEFAULT_MAX_BODY_BYTES})"
+                ),
+            );
+            DEFAULT_MAX_BODY_BYTES
+        }
+        Some(b) => b,
+    };
+    let max_concurrent = non_negative(raw.max_concurrent, 0, "server.max_concurrent", c);
+    let threads = match raw.threads {
+        None | Some(0) => default_threads(),
+        Some(t) if !(1..=MAX_THREADS).contains(&t) => {
+            c.error(
+                "server.threads",
+                format!("must be between 1 and {MAX_THREADS} (or 0 for one per core), got {t}"),
+            );
+            default_threads()
+        }
+        Some(t) => t as usize,
+    };
+    let grace = non_negative(
+        raw.grace_period_seconds,
+        DEFAULT_GRACE_PERIOD_SECONDS,
+        "server.grace_period_seconds",
+        c,
+    );
+    let shutdown = non_negative(
+        raw.graceful_shutdown_timeout_seconds,
+        DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+        "server.graceful_shutdown_timeout_seconds",
+        c,
+    );
+    let pid_file = path_field(raw.pid_file, DEFAULT_PID_FILE, "server.pid_file", c);
+    let upgrade_sock = path_field(
+        raw.upgrade_sock,
+        DEFAULT_UPGRADE_SOCK,
+        "server.upgrade_sock",
+        c,
+    );
+    let auth = auth(raw.auth, raw.api_key, c);
+
+    ServerSettings {
+        listen,
+        upstream_read_timeout: Duration::from_millis(timeout_ms as u64),
+        upstream_connect_timeout: Duration::from_millis(connect_ms as u64),
+        max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
+        auth,
+        threads,
+        grace_period: Duration::from_secs(grace as u64),
+        graceful_shutdown_timeout: Duration::from_secs(shutdown as u64),
+        pid_file,
+        upgrade_sock,
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {
+    match v {
+        None => default,
+        Some(n) if n < 0 => {
+            c.error(path, format!("must be >= 0, got {n}"));
+            default
+        }
+        Some(n) => n,
+    }
+}
+
+fn path_field(v: Option<String>, default: &str, path: &str, c: &mut Ctx) -> PathBuf {
+    match v {
+        None => PathBuf::from(default),
+        Some(s) if s.trim().is_empty() => {
+            c.error(path, format!("must not be empty (default: {default})"));
+            PathBuf::from(default)
+        }
+        Some(s) => PathBuf::from(s.trim()),
+    }
+}
+
+/// `127.0.0.1:8787`, `[::1]:8787`, Go's `:8787` (all interfaces, IPv4) and `localhost:8787`.
+/// Other host names are refused rather than resolved: what a name resolves to can change, and
+/// a relay that holds API keys should bind to an address its operator chose.
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    const HINT: &str = "expected IP:PORT, e.g. 127.0.0.1:8787, [::1]:8787, :8787 (all \
+                        interfaces) or localhost:8787";
+    let s = text.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        return parse_port(port).map(|p| SocketAddr::from((Ipv4Addr::UNSPECIFIED, p)));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("missing port; {HINT}"));
+    };
+    let port = parse_port(port)?;
+    if host.eq_ignore_ascii_case("localhost") {
+        Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    } else if host.parse::<IpAddr>().is_ok() {
+        Err(format!("IPv6 addresses need brackets; {HINT}"))
+    } else if host.starts_with('[') {
+        Err(format!("invalid IPv6 address; {HINT}"))
+    } else {
+        Err(format!(
+            "host names other than localhost are not resolved, use an IP address; {HINT}"
+        ))
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    p.parse::<u16>()
+        .map_err(|_| format!("port must be a number from 0 to 65535, got {}", shown(p)))
+}
+
+fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig {
+    let api_key = non_empty_secret(raw.api_key);
+    let legacy = non_empty_secret(legacy_api_key);
+    let api_key = match (api_key, legacy) {
+        (Some(k), Some(l)) => {
+            if k != l {
+                c.warn(
+                    "server.api_key: ignored because server.auth.api_key is set (server.api_key \
+                     is the Go cc-relay's older spelling)"
+                        .to_string(),
+                );
+            }
+            Some(k)
+        }
+        (k, l) => k.or(l),
+    };
+    let bearer_secret = non_empty_secret(raw.bearer_secret);
+    let mut allow_bearer =
+        raw.allow_bearer.unwrap_or(false) || raw.allow_subscription.unwrap_or(false);
+    if bearer_secret.is_some() && !allow_bearer {
+        // A Bearer secret nobody may present would lock every client out (or, as in Go, be
+        // silently ignored): setting one means Bearer authentication is wanted.
+        c.warn(
+            "server.auth.bearer_secret: set without allow_bearer; Bearer authentication is \
+             enabled (allow_bearer: true implied)"
+                .to_string(),
+        );
+        allow_bearer = true;
+    }
+    AuthConfig {
+        api_key,
+        allow_bearer,
+        bearer_secret,
+    }
+}
+
+/// Empty (after expansion) means "not set", as in Go: `api_key: ${PROXY_API_KEY:-}`.
+fn non_empty_secret(v: Option<String>) -> Option<Secret> {
+    v.map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+}
+
+// ---------------------------------------------------------------------------------------------
+// providers
+// ---------------------------------------------------------------------------------------------
+
+fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
+    let mut out: Vec<ProviderConfig> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut skipped = 0;
+    for (i, p) in raw.into_iter().enumerate() {
+        let path = format!("providers[{i}]");
+        let kind_text = p.kind.as_deref().map(|k| k.trim().to_ascii_lowercase());
+        let kind = match kind_text.as_deref() {
+            None | Some("") => {
+                c.error(
+                    format!("{path}.type"),
+                    format!("is required (one of: {SUPPORTED_TYPES})"),
+                );
+                None
+            }
+            Some("anthropic") => Some(ProviderKind::Anthropic),
+            Some("zai") => Some(ProviderKind::Zai),
+            Some("minimax") => Some(ProviderKind::Minimax),
+            Some("ollama") => Some(ProviderKind::Ollama),
+            Some(t) if CLOUD_TYPES.contains(&t) => {
+                if p.enabled == Some(false) {
+                    // The Go example config lists disabled bedrock/vertex/azure providers; such
+                    // a file must keep loading.
+                    c.warn(format!(
+                        "{path}.type: {t} providers are not supported by this relay; this one is \
+                         disabled, so it is skipped"
+                    ));
+                    skipped += 1;
+                    continue;
+                }
+                c.error(
+                    format!("{path}.type"),
+                    format!(
+                        "{t} is not supported by this relay (supported: {SUPPORTED_TYPES}); \
+                         remove the provider or set enabled: false"
+                    ),
+                );
+                None
+            }
+            Some(t) => {
+                c.error(
+                    format!("{path}.type"),
+                    format!(
+                        "unknown provider type {} (supported: {SUPPORTED_TYPES})",
+                        shown(t)
+                    ),
+                );
+                None
+            }
+        };
+
+        let name = match p.name.as_deref().map(str::trim) {
+            None | Some("") => {
+                c.error(format!("{path}.name"), "is required");
+                format!("provider-{i}")
+            }
+            Some(n) => {
+                if let Some(first) = seen.get(n) {
+                    c.error(
+                        format!("{path}.name"),
+                        format!("duplicate provider name {n:?} (also providers[{first}])"),
+                    );
+                }
+                seen.entry(n.to_string()).or_insert(i);
+                n.to_string()
+            }
+        };
+
+        let kind = kind.unwrap_or(ProviderKind::Anthropic);
+        let base_url = match p.base_url.as_deref().map(str::trim) {
+            None | Some("") => parse_base_url(default_base_url(kind))
+                .expect("built-in default base URLs are valid"),
+            Some(u) => parse_base_url(u).unwrap_or_else(|m| {
+                c.error(format!("{path}.base_url"), m);
+                parse_base_url(default_base_url(kind))
+                    .expect("built-in default base URLs are valid")
+            }),
+        };
+
+        let models = string_list(p.models, &format!("{path}.models"), c);
+        let model_mapping = string_map(p.model_mapping, &format!("{path}.model_mapping"), c);
+        let pooling = pooling(p.pooling, &path, c);
+        let keys = keys(p.keys, &path, c);
+
+        out.push(ProviderConfig {
+            name,
+            kind,
+            enabled: p.enabled.unwrap_or(true),
+            base_url,
+            models,
+            model_mapping,
+            pooling,
+            keys,
+        });
+    }
+
+    if out.is_empty() {
+        let why = if skipped > 0 {
+            " (the ones in the file are all of unsupported types and disabled)"
+        } else {
+            ""
+        };
+        c.error(
+            "providers",
+            format!("at least one provider is required{why}; e.g. - {{ name: anthropic, type: anthropic }}"),
+        );
+    } else if !out.is_empty() && out.iter().all(|p| !p.enabled) {
+        c.warn("providers: every provider is disabled; requests will be refused".to_string());
+    }
+    out
+}
+
+/// An absolute http(s) URL with a host; no credentials, query or fragment.
+pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+    // The URL is never quoted back: it could carry credentials (`https://user:pass@host`).
+    if text.contains('#') {
+        return Err("must not have a #fragment".to_string());
+    }
+    let uri: Uri = text.parse().map_err(|_| {
+        "is not a valid URL (expected e.g. https://api.example.com/prefix)".to_string()
+    })?;
+    let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") => true,
+        Some("http") => false,
+        Some(_) => return Err("must be an http:// or https:// URL".to_string()),
+        None => return Err("must be an absolute URL starting with http:// or https://".to_string()),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "must include a host".to_string())?;
+    if authority.as_str().contains('@') {
+        return Err(
+            "must not contain credentials (user:password@); configure keys under `keys`"
+                .to_string(),
+        );
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("must include a host".to_string());
+    }
+    let port = match authority.port_u16() {
+        Some(0) => return Err("port must be 1-65535".to_string()),
+        Some(p) => p,
+        None if authority.as_str().ends_with(':') => {
+            return Err("has an empty port".to_string());
+        }
+        None if tls => 443,
+        None => 80,
+    };
+    if uri.query().is_some() {
+        return Err("must not have a ?query".to_string());
+    }
+    let path_prefix = uri.path().trim_end_matches('/').to_string();
+    Ok(BaseUrl {
+        tls,
+        host,
+        port,
+        path_prefix,
+    })
+}
+
+fn string_list(raw: Vec<String>, path: &str, c: &mut Ctx) -> Vec<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let s = s.trim();
+        if s.is_empty() {
+            c.error(format!("{path}[{i}]"), "must not be empty");
+        } else if !out.iter().any(|m: &String| m == s) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+fn string_map(raw: HashMap<String, String>, path: &str, c: &mut Ctx) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(raw.len());
+    for (k, v) in raw {
+        let (k, v) = (k.trim().to_string(), v.trim().to_string());
+        if k.is_empty() {
+            c.error(path, "has an empty model name as a key");
+        } else if v.is_empty() {
+            c.error(format!("{path}[{k:?}]"), "must not be empty");
+        } else {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn pooling(raw: RawPooling, provider_path: &str, c: &mut Ctx) -> PoolingConfig {
+    let strategy = match raw.strategy.as_deref().map(str::trim) {
+        None | Some("") => Strategy::default(),
+        Some(s) => Strategy::parse(&s.to_ascii_lowercase()).unwrap_or_else(|| {
+            c.error(
+                format!("{provider_path}.pooling.strategy"),
+                format!(
+                    "unknown strategy {} (one of: least_loaded, round_robin, random, weighted)",
+                    shown(s)
+                ),
+            );
+            Strategy::default()
+        }),
+    };
+    let max_wait_ms = non_negative(
+        raw.max_wait_ms,
+        0,
+        &format!("{provider_path}.pooling.max_wait_ms"),
+        c,
+    );
+    PoolingConfig {
+        strategy,
+        enabled: raw.enabled,
+        max_wait: Duration::from_millis(max_wait_ms as u64),
+    }
+}
+
+fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
+    let mut out: Vec<KeyConfig> = Vec::with_capacity(raw.len());
+    // fingerprint → index, id → index: to report duplicates by position, never by value.
+    let mut by_fp: HashMap<u64, usize> = HashMap::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for (i, k) in raw.into_iter().enumerate() {
+        let path = format!("{provider_path}.keys[{i}]");
+        let secret = match k.key.as_deref().map(str::trim) {
+            None => {
+                c.error(format!("{path}.key"), "is required");
+                None
+            }
+            Some("") => {
+                c.error(
+                    format!("{path}.key"),
+                    "is empty (if it comes from an environment variable, that variable is empty); \
+                     remove the entry for passthrough of the clients' own credentials",
+                );
+                None
+            }
+            Some(s) => Some(s.to_string()),
+        };
+        let fp = secret.as_deref().map(key_fingerprint);
+        if let Some(fp) = fp {
+            if let Some(first) = by_fp.get(&fp) {
+                c.error(
+                    format!("{path}.key"),
+                    format!("same key as {provider_path}.keys[{first}]"),
+                );
+            }
+            by_fp.entry(fp).or_insert(i);
+        }
+
+        let name = k
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        if let Some(n) = &name {
+            // Names are shown in logs and status output; a key pasted into `name` would leak.
+            if secret.as_deref() == Some(n.as_str()) || n.starts_with("sk-ant-") {
+                c.error(
+                    format!("{path}.name"),
+                    "looks like the API key itself; names are shown in logs, use a label",
+                );
+            }
+        }
+        let id = match (&name, fp) {
+            (Some(n), _) => n.clone(),
+            (None, Some(fp)) => fingerprint_id(fp),
+            (None, None) => format!("key-{i}"),
+        };
+        // A repeated secret was reported above (and repeats its auto id); anything else that
+        // collides comes from names.
+        let repeated_secret = fp.is_some_and(|f| by_fp.get(&f) != Some(&i));
+        if let (Some(first), false) = (by_id.get(&id), repeated_secret) {
+            c.error(
+                format!("{path}.name"),
+                format!(
+                    "duplicate key id {id:?} (also {provider_path}.keys[{first}]); give each key \
+                     a distinct name"
+                ),
+            );
+        }
+        by_id.entry(id.clone()).or_insert(i);
+
+        let limit = |v: Option<i64>, field: &str, c: &mut Ctx| -> u64 {
+            non_negative(v, 0, &format!("{path}.{field}"), c) as u64
+        };
+        let rpm = limit(k.rpm_limit, "rpm_limit", c);
+        let mut itpm = limit(k.itpm_limit, "itpm_limit", c);
+        let mut otpm = limit(k.otpm_limit, "otpm_limit", c);
+        let tpm = limit(k.tpm_limit, "tpm_limit", c);
+        // As the Go cc-relay (KeyConfig.GetEffectiveTPM): the legacy combined limit applies only
+        // when neither split limit is set, and is split equally between input and output.
+        if tpm > 0 {
+            if itpm == 0 && otpm == 0 {
+                itpm = tpm / 2;
+                otpm = tpm / 2;
+            } else {
+                c.warn(format!(
+                    "{path}.tpm_limit: ignored because itpm_limit/otpm_limit are set"
+                ));
+            }
+        }
+
+        let priority = match k.priority.unwrap_or(DEFAULT_PRIORITY) {
+            p @ 0..=2 => p as u8,
+            p => {
+                c.error(
+                    format!("{path}.priority"),
+                    format!("must be 0, 1 or 2, got {p}"),
+                );
+                DEFAULT_PRIORITY as u8
+            }
+        };
+        let weight = match k.weight {
+            None => 1.0,
+            Some(w) if w.is_finite() && w >= 0.0 => w,
+            Some(w) => {
+                c.error(
+                    format!("{path}.weight"),
+                    format!("must be a finite number >= 0, got {w}"),
+                );
+                1.0
+            }
+        };
+
+        if let Some(secret) = secret {
+            out.push(KeyConfig {
+                key: Secret::new(secret),
+                id,
+                rpm_limit: rpm,
+                itpm_limit: itpm,
+                otpm_limit: otpm,
+                priority,
+                weight,
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// routing, logging
+// ---------------------------------------------------------------------------------------------
+
+fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> RoutingConfig {
+    let strategy = match raw.strategy.as_deref().map(str::trim) {
+        None | Some("") => "failover".to_string(),
+        Some(s) => {
+            let s = s.to_ascii_lowercase();
+            if !GO_ROUTING_STRATEGIES.contains(&s.as_str()) {
+                c.error(
+                    "routing.strategy",
+                    format!(
+                        "unknown strategy {} (failover is implemented; also accepted from the Go \
+                         cc-relay, behaving as failover: {})",
+                        shown(&s),
+                        GO_ROUTING_STRATEGIES[1..].join(", ")
+                    ),
+                );
+            } else if s != "failover" {
+                c.warn(format!(
+                    "routing.strategy: {s} is accepted for compatibility with the Go cc-relay but \
+                     behaves as failover here (the first enabled provider serving the model is used)"
+                ));
+            }
+            s
+        }
+    };
+
+    let model_mapping = string_map(raw.model_mapping, "routing.model_mapping", c);
+    let provider_valued: Vec<&str> = model_mapping
+        .values()
+        .filter(|v| providers.iter().any(|p| &p.name == *v))
+        .map(String::as_str)
+        .collect();
+    if strategy.starts_with("model") || !provider_valued.is_empty() {
+        // In Go, routing.model_mapping mapped model-name *prefixes* to *provider names* (for
+        // strategy model_based). Here it rewrites model names. Same key, different meaning:
+        // say so rather than send requests for a model named "zai".
+        c.warn(
+            "routing.model_mapping: rewrites model names exactly (old name: new name) in this \
+             relay; in the Go cc-relay (strategy model_based) it mapped model-name prefixes to \
+             provider names, which is not implemented: list models under each provider's \
+             `models` instead"
+                .to_string(),
+        );
+    }
+
+    let default_provider = match raw.default_provider.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(d) => {
+            match providers.iter().find(|p| p.name == d) {
+                None => c.error(
+                    "routing.default_provider",
+                    format!(
+                        "no provider named {d:?} (providers: {})",
+                        providers
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                Some(p) if !p.enabled => c.warn(format!(
+                    "routing.default_provider: provider {d:?} is disabled, so there is no default"
+                )),
+                Some(_) => {}
+            }
+            Some(d.to_string())
+        }
+    };
+
+    let max_attempts = match raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) {
+        n @ 1..=MAX_MAX_ATTEMPTS => n as u32,
+        n => {
+            c.error(
+                "routing.max_attempts",
+                format!("must be between 1 and {MAX_MAX_ATTEMPTS}, got {n}"),
+            );
+            DEFAULT_MAX_ATTEMPTS as u32
+        }
+    };
+
+    RoutingConfig {
+        strategy,
+        model_mapping,
+        default_provider,
+        max_attempts,
+    }
+}
+
+fn logging(raw: RawLogging, c: &mut Ctx) -> LoggingConfig {
+    let level = match raw.level.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        None => "info".to_string(),
+        Some(l) if l.is_empty() => "info".to_string(),
+        Some(l) if l == "warning" => "warn".to_string(),
+        Some(l) if ["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) => l,
+        Some(l) => {
+            c.error(
+                "logging.level",
+                format!(
+                    "unknown level {} (one of: error, warn, info, debug, trace)",
+                    shown(&l)
+                ),
+            );
+            "info".to_string()
+        }
+    };
+    let format = match raw.format.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        None => "text".to_string(),
+        Some(f) if f.is_empty() => "text".to_string(),
+        // Go's names for its human-readable format.
+        Some(f) if f == "text" || f == "console" || f == "pretty" => "text".to_string(),
+        Some(f) if f == "json" => f,
+        Some(f) => {
+            c.error(
+                "logging.format",
+                format!("unknown format {} (one of: text, json)", shown(&f)),
+            );
+            "text".to_string()
+        }
+    };
+    let output = match raw.output.as_deref().map(str::trim) {
+        None | Some("") => "stderr".to_string(),
+        Some(o) if o.eq_ignore_ascii_case("stdout") || o.eq_ignore_ascii_case("stderr") => {
+            o.to_ascii_lowercase()
+        }
+        Some(_) => {
+            c.error(
+                "logging.output",
+                "must be stdout or stderr (log files are not written by the relay itself; \
+                 redirect the output, or run it under systemd/journald)",
+            );
+            "stderr".to_string()
+        }
+    };
+    LoggingConfig {
+        level,
+        format,
+        output,
+    }
+}
+
+/// A user-supplied value quoted for an error message, unless it could be a credential.
+fn shown(s: &str) -> String {
+    if s.len() > 64 || s.starts_with("sk-") {
+        "(value not shown)".to_string()
+    } else {
+        format!("{s:?}")
+    }
+}

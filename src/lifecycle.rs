@@ -1,0 +1,362 @@
+//! Server lifecycle: building Pingora's server from our config, the in-process config reload on
+//! SIGHUP (Pingora has no hook for it), the pid file, and the `reload` client command.
+//!
+//! Signals: SIGHUP = reload the YAML (ours); SIGQUIT = hand the listeners to a process started
+//! with `serve --upgrade`, then drain (Pingora's); SIGTERM = stop accepting, drain within the
+//! grace period, exit 0 (Pingora's); SIGINT = exit now (Pingora's).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::config::{self, Config, ConfigError, ConfigSource};
+use crate::proxy::{shared, Relay, RuntimeState, SharedState};
+
+/// How often host names of upstreams are resolved again.
+const DNS_REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no running cc-relay with pid {pid} (from {path}): {reason}")]
+    NotRunning {
+        pid: i32,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the relay did not confirm the reload within {0:?}; check its log")]
+    ReloadUnconfirmed(Duration),
+    #[error("the relay rejected the new config and keeps serving the old one:\n{0}")]
+    ReloadRejected(String),
+}
+
+/// Pingora's server settings from ours: one config file for the user.
+pub fn server_conf(cfg: &Config) -> ServerConf {
+    let s = &cfg.server;
+    ServerConf {
+        threads: s.threads.max(1),
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    }
+}
+
+/// Run the relay until it is told to stop. `config_path` as given on the command line.
+pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleError> {
+    // A SIGHUP that arrives before the reload task is listening must not kill the process
+    // (the default action); the task's handler replaces this disposition once it runs.
+    ignore_sighup();
+
+    let (cfg, source, warnings) = config::discover_with_warnings(config_path)?;
+    init_logging(&cfg.logging);
+    log::info!("config loaded from {source}");
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    for p in &cfg.providers {
+        log::info!(
+            "provider {} ({}) -> {} with {} key(s){}",
+            p.name,
+            p.kind.as_str(),
+            p.base_url,
+            p.keys.len(),
+            if p.keys.is_empty() {
+                " (passthrough of client credentials)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    let reload_path = match &source {
+        ConfigSource::File(path) => Some(path.clone()),
+        ConfigSource::Embedded => None,
+    };
+    let listen = cfg.server.listen;
+    let pid_file = cfg.server.pid_file.clone();
+    let conf = server_conf(&cfg);
+    let state = shared(RuntimeState::build(cfg, None));
+
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Relay::new(state.clone()),
+        "cc-relay",
+    );
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "cc-relay lifecycle",
+        LifecycleTask {
+            state,
+            config_path: reload_path,
+            pid_file: pid_file.clone(),
+        },
+    ));
+    log::info!(
+        "cc-relay {} listening on http://{listen}",
+        env!("CARGO_PKG_VERSION")
+    );
+    server.run(RunArgs::default());
+    remove_pid_file_if_ours(&pid_file);
+    log::info!("cc-relay stopped");
+    Ok(())
+}
+
+fn ignore_sighup() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code; nothing else in the process relies on the
+    // previous disposition at this point of start-up.
+    unsafe {
+        let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
+    }
+}
+
+/// Set up `log` from `logging`; `RUST_LOG` overrides the level.
+pub fn init_logging(logging: &config::LoggingConfig) {
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&logging.level);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    builder.target(if logging.output == "stdout" {
+        env_logger::Target::Stdout
+    } else {
+        env_logger::Target::Stderr
+    });
+    if logging.format == "json" {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    // A second init (tests, `reload` after `serve` in one process) keeps the first logger.
+    let _ = builder.try_init();
+}
+
+/// The background task of a running relay: pid file, SIGHUP reloads, DNS refresh.
+struct LifecycleTask {
+    state: SharedState,
+    config_path: Option<PathBuf>,
+    pid_file: PathBuf,
+}
+
+#[async_trait]
+impl BackgroundService for LifecycleTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, config reload is off: {e}");
+                return;
+            }
+        };
+        if let Err(e) = write_pid_file(&self.pid_file) {
+            log::warn!("{e}; `cc-relay reload` will not find this process");
+        }
+        let mut dns = tokio::time::interval(DNS_REFRESH);
+        dns.tick().await;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => self.reload().await,
+                _ = dns.tick() => self.refresh_dns().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl LifecycleTask {
+    async fn reload(&self) {
+        let Some(path) = self.config_path.clone() else {
+            log::warn!("SIGHUP: the relay runs on its embedded default config; nothing to reload");
+            return;
+        };
+        let state = self.state.clone();
+        // File I/O and DNS resolution of new hosts: off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || reload_from(&state, &path)).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                log::error!("config reload failed, still serving the previous config:\n{message}");
+                self.state.last_reload_error.store(Some(Arc::new(message)));
+            }
+            Err(e) => log::error!("config reload task failed: {e}"),
+        }
+        self.state.reload_attempts.fetch_add(1, Ordering::Release);
+    }
+
+    async fn refresh_dns(&self) {
+        let current = self.state.current.load_full();
+        for p in &current.providers {
+            if p.addrs.is_literal() {
+                continue;
+            }
+            if let Err(e) = p.addrs.refresh().await {
+                log::warn!(
+                    "re-resolving {} failed, keeping its previous addresses: {e}",
+                    p.addrs.host()
+                );
+            }
+        }
+    }
+}
+
+/// Load `path`, swap it in, carry pool state across, and log what changed.
+/// Returns the error text (field paths, no secrets) when the new config is refused.
+pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
+    let new_cfg = config::load_file(path).map_err(|e| e.to_string())?;
+    let old = state.current.load_full();
+    let changes = config::summarize_changes(&old.config, &new_cfg);
+    let needs_upgrade = changes.needs_upgrade();
+    let mut new_cfg = new_cfg;
+    // Settings bound at start-up keep their running values until an upgrade.
+    new_cfg.server.listen = old.config.server.listen;
+    new_cfg.server.threads = old.config.server.threads;
+    new_cfg.server.pid_file = old.config.server.pid_file.clone();
+    new_cfg.server.upgrade_sock = old.config.server.upgrade_sock.clone();
+    let next = RuntimeState::build(new_cfg, Some(&old));
+    let generation = next.generation;
+    state.current.store(Arc::new(next));
+    state.last_reload_error.store(None);
+    if changes.is_empty() {
+        log::info!("config reloaded (generation {generation}): no changes");
+    } else {
+        log::info!("config reloaded (generation {generation}): {changes}");
+    }
+    for setting in needs_upgrade {
+        log::warn!(
+            "{setting} changed but only takes effect through a binary upgrade \
+             (`cc-relay serve --upgrade`, then SIGQUIT to the old process)"
+        );
+    }
+    Ok(())
+}
+
+fn write_pid_file(path: &Path) -> Result<(), LifecycleError> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+        LifecycleError::PidFile {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// After an upgrade the new process owns the pid file: only remove it if it still names us.
+fn remove_pid_file_if_ours(path: &Path) {
+    if read_pid(path).ok() == Some(std::process::id() as i32) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, LifecycleError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LifecycleError::PidFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| LifecycleError::PidFile {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a pid"),
+    })
+}
+
+/// `cc-relay reload`: validate the file, signal the running relay, wait for it to confirm.
+pub fn send_reload(config_path: &Path) -> Result<String, LifecycleError> {
+    // Refuse locally first: the error then names the field without touching the server.
+    let cfg = config::load_file(config_path)?;
+    let pid_file = &cfg.server.pid_file;
+    let pid = read_pid(pid_file)?;
+    let health_addr = loopback_of(cfg.server.listen);
+    let before = health(health_addr).map_or(0, |h| h.attempts);
+
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| LifecycleError::NotRunning {
+        pid,
+        path: pid_file.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let wait = Duration::from_secs(5);
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        match health(health_addr) {
+            Some(h) if h.attempts > before => {
+                return match h.error {
+                    Some(error) => Err(LifecycleError::ReloadRejected(error)),
+                    None => Ok(format!(
+                        "reloaded: pid {pid} now serves config generation {}",
+                        h.generation
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(LifecycleError::ReloadUnconfirmed(wait))
+}
+
+fn loopback_of(listen: SocketAddr) -> SocketAddr {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match listen {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+struct Health {
+    generation: u64,
+    attempts: u64,
+    error: Option<String>,
+}
+
+/// `GET /health` with a minimal blocking HTTP/1.1 exchange.
+fn health(addr: SocketAddr) -> Option<Health> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    Some(Health {
+        generation: v["config_generation"].as_u64()?,
+        attempts: v["reload_attempts"].as_u64()?,
+        error: v["last_reload_error"].as_str().map(str::to_owned),
+    })
+}

@@ -1,0 +1,142 @@
+//! `cc-relay`: the command line. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use cc_relay::{config, lifecycle};
+
+#[derive(Parser)]
+#[command(
+    name = "cc-relay",
+    version,
+    about = "An edge relay for the Anthropic Messages API: many API keys, one endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve {
+        /// Config file. Default: ./cc-relay.yaml, then ~/.config/cc-relay/config.yaml, then
+        /// the embedded default (127.0.0.1:8787, Anthropic, ANTHROPIC_API_KEY or passthrough).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Take over the listeners of a running relay (then send it SIGQUIT).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Make the running relay reload its config (SIGHUP through its pid file) and report.
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file; every error names its field.
+    Validate(ConfigFile),
+    /// Write a documented starter config.
+    Init {
+        /// Where to write it.
+        #[arg(short, long, default_value = "cc-relay.yaml")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigFile {
+    #[arg(short, long)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, upgrade } => match lifecycle::serve(config.as_deref(), upgrade) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Config {
+            command: ConfigCommand::Validate(ConfigFile { config }),
+        } => validate(&config),
+        Command::Config {
+            command: ConfigCommand::Init { output, force },
+        } => init(&output, force),
+        Command::Reload { config } => match lifecycle::send_reload(&config) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Version => {
+            println!("cc-relay {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match config::load_file_with_warnings(path) {
+        Ok((cfg, warnings)) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            let keys: usize = cfg.providers.iter().map(|p| p.keys.len()).sum();
+            println!(
+                "{}: ok ({} provider(s), {} key(s), listen {})",
+                path.display(),
+                cfg.providers.len(),
+                keys,
+                cfg.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid config\n{e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(output: &Path, force: bool) -> ExitCode {
+    if output.exists() && !force {
+        eprintln!(
+            "error: {} exists; pass --force to overwrite it",
+            output.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match std::fs::write(output, config::STARTER_CONFIG) {
+        Ok(()) => {
+            println!(
+                "wrote {}; check it with `cc-relay config validate --config {}`",
+                output.display(),
+                output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("writing {}: {e}", output.display())),
+    }
+}

@@ -1,0 +1,84 @@
+//! A request's hold on one key's budget, from admission until the response ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::bucket::Charge;
+use super::clock::ns;
+use super::key::{KeyState, INPUT, OUTPUT};
+use super::Settlement;
+
+/// Holds an `Arc<KeyState>`, so settling still reaches the key's budget after a reload swapped
+/// the pool. Dropping it unsettled gives everything back, like [`Reservation::release`], so a
+/// panic or a cancelled request cannot leak budget.
+pub struct Reservation {
+    key: Arc<KeyState>,
+    index: usize,
+    charges: [Charge; 3],
+    done: bool,
+}
+
+impl Reservation {
+    pub(crate) fn new(key: Arc<KeyState>, index: usize, charges: [Charge; 3]) -> Reservation {
+        Reservation {
+            key,
+            index,
+            charges,
+            done: false,
+        }
+    }
+
+    /// The key's index in the pool it was acquired from (what `tried` takes).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn key(&self) -> &Arc<KeyState> {
+        &self.key
+    }
+
+    /// Tokens this reservation holds against the key's budgets (0 for a dimension whose limit
+    /// was unknown at admission).
+    pub fn reserved(&self) -> Settlement {
+        Settlement {
+            input_tokens: self.charges[INPUT].tokens,
+            output_tokens: self.charges[OUTPUT].tokens,
+        }
+    }
+
+    /// The response ended: correct the reservation to the real usage (refund or charge the
+    /// difference) and feed the output estimate. Also counts as a success that ends backoff.
+    pub fn settle(self, usage: Settlement) {
+        self.settle_at(usage, Instant::now());
+    }
+
+    pub fn settle_at(mut self, usage: Settlement, now: Instant) {
+        self.done = true;
+        self.key.core.settle(&self.charges, usage, ns(now));
+    }
+
+    /// The request never got a real answer from the upstream (connect error, 429, 5xx): give
+    /// everything back, the request included.
+    pub fn release(mut self) {
+        self.done = true;
+        self.key.core.release(&self.charges);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            self.key.core.release(&self.charges);
+        }
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("key", &self.key.id())
+            .field("index", &self.index)
+            .field("reserved", &self.reserved())
+            .finish()
+    }
+}

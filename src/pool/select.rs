@@ -1,0 +1,324 @@
+//! The pool: choosing a key for a request and reserving its demand on it.
+//!
+//! Selection reads the keys' atomics without locks and allocates nothing: keys are visited in
+//! a precomputed priority order, one tier at a time, and the strategy picks among the keys of
+//! the tier that can admit this very demand. The pick is then reserved by CAS; losing that race
+//! to a concurrent request simply means picking again, and the loser key no longer qualifies if
+//! its capacity went to the winner.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::clock::{self, ns};
+use super::key::{KeyCore, KeyState};
+use super::reservation::Reservation;
+use super::{Demand, Exhausted, KeySpec, Strategy};
+
+/// `retry_after` when no key can ever admit again before a reload (all disabled, or none).
+const ALL_DISABLED_RETRY: Duration = Duration::from_secs(60);
+/// Floor of `retry_after`: never zero, even when the only capable keys were already tried.
+const MIN_RETRY: Duration = Duration::from_millis(1);
+/// Priority tiers, highest first.
+const TIERS: usize = 3;
+
+pub struct KeyPool {
+    keys: Vec<Arc<KeyState>>,
+    /// `keys[i].core` and `keys[i].weight()`, side by side so that a scan reads one pointer
+    /// per key instead of two.
+    cores: Vec<Arc<KeyCore>>,
+    weights: Vec<f64>,
+    strategy: Strategy,
+    /// Key indexes ordered by priority, highest first (stable within a priority).
+    order: Vec<usize>,
+    /// `order[tiers[t].0..tiers[t].1]` are the keys of priority `2 - t`.
+    tiers: [(usize, usize); TIERS],
+    /// Per-tier rotation for round robin.
+    cursors: [AtomicUsize; TIERS],
+}
+
+impl KeyPool {
+    pub fn new(specs: Vec<KeySpec>, strategy: Strategy) -> KeyPool {
+        KeyPool::build(specs, strategy, &HashMap::new())
+    }
+
+    /// A new pool for new specs. Keys whose fingerprint matches a key here keep their state
+    /// (learned limits, buckets, cooldown, output estimate) — the very same atomics, so
+    /// reservations still in flight on this pool settle into the new one; configured limits
+    /// come from the new spec, and a key disabled by 401/403 is enabled again (a reload is the
+    /// operator's signal that its credentials changed).
+    pub fn rebuild(&self, specs: Vec<KeySpec>, strategy: Strategy) -> KeyPool {
+        let existing = self
+            .keys
+            .iter()
+            .map(|key| (key.fingerprint(), key.core.clone()))
+            .collect();
+        KeyPool::build(specs, strategy, &existing)
+    }
+
+    fn build(
+        specs: Vec<KeySpec>,
+        strategy: Strategy,
+        existing: &HashMap<u64, Arc<KeyCore>>,
+    ) -> KeyPool {
+        clock::init();
+        // One secret, one budget: specs repeating a fingerprint share their state, with the
+        // lowest configured limits among them.
+        let mut limits: HashMap<u64, [u64; 3]> = HashMap::new();
+        for spec in &specs {
+            let merged = limits.entry(spec.fingerprint).or_insert([0; 3]);
+            let configured = [spec.rpm_limit, spec.itpm_limit, spec.otpm_limit];
+            for (merged, configured) in merged.iter_mut().zip(configured) {
+                *merged = match (*merged, configured) {
+                    (0, l) | (l, 0) => l,
+                    (a, b) => a.min(b),
+                };
+            }
+        }
+        let cores: HashMap<u64, Arc<KeyCore>> = limits
+            .into_iter()
+            .map(|(fingerprint, [rpm, itpm, otpm])| {
+                let core = match existing.get(&fingerprint) {
+                    Some(core) => {
+                        core.reconfigure(rpm, itpm, otpm);
+                        core.clone()
+                    }
+                    None => Arc::new(KeyCore::new(rpm, itpm, otpm)),
+                };
+                (fingerprint, core)
+            })
+            .collect();
+        let keys: Vec<Arc<KeyState>> = specs
+            .iter()
+            .map(|spec| Arc::new(KeyState::new(spec, cores[&spec.fingerprint].clone())))
+            .collect();
+
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(keys[i].priority()));
+        let mut tiers = [(0, 0); TIERS];
+        for (t, tier) in tiers.iter_mut().enumerate() {
+            let priority = (TIERS - 1 - t) as u8;
+            let start = order.partition_point(|&i| keys[i].priority() > priority);
+            let end = order.partition_point(|&i| keys[i].priority() >= priority);
+            *tier = (start, end);
+        }
+        KeyPool {
+            cores: keys.iter().map(|key| key.core.clone()).collect(),
+            weights: keys.iter().map(|key| key.weight()).collect(),
+            keys,
+            strategy,
+            order,
+            tiers,
+            cursors: Default::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[Arc<KeyState>] {
+        &self.keys
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub(super) fn keys_with_core(&self) -> impl Iterator<Item = &KeyCore> {
+        self.keys.iter().map(|k| &*k.core)
+    }
+
+    /// Select a key and reserve 1 request + `demand.input_tokens` + an output estimate on it.
+    /// `tried` = indexes already attempted by this request; they are never chosen again.
+    pub fn acquire(&self, demand: &Demand, tried: &[usize]) -> Result<Reservation, Exhausted> {
+        self.acquire_at(demand, tried, Instant::now())
+    }
+
+    pub fn acquire_at(
+        &self,
+        demand: &Demand,
+        tried: &[usize],
+        now: Instant,
+    ) -> Result<Reservation, Exhausted> {
+        let now = ns(now);
+        for (tier, &(start, end)) in self.tiers.iter().enumerate() {
+            let members = &self.order[start..end];
+            // The first candidate is chosen on the cost-free screen and simply tried (the
+            // reservation checks the demand); after a miss, candidates are chosen among keys
+            // checked in full. The result is the same as checking every key in full up front:
+            // the screen is a necessary condition, least-loaded's load is the same figure
+            // either way, and a uniform or weighted draw retried on a miss is still uniform or
+            // weighted over the keys that qualify. Later misses are races lost to concurrent
+            // requests, so the bound is only hit by a pathological schedule.
+            let Some(mut index) = self.choose(tier, members, |i| self.screen(i, tried, now)) else {
+                continue;
+            };
+            for _ in 0..members.len() * 2 + 4 {
+                if let Some(charges) = self.cores[index].reserve(demand, now) {
+                    return Ok(Reservation::new(self.keys[index].clone(), index, charges));
+                }
+                match self.choose(tier, members, |i| self.probe(i, demand, tried, now)) {
+                    Some(next) => index = next,
+                    None => break,
+                }
+            }
+        }
+        Err(self.exhausted(demand, now))
+    }
+
+    /// Keys that are not disabled, not cooling down and have at least one request of budget now.
+    pub fn available(&self) -> usize {
+        self.available_at(Instant::now())
+    }
+
+    pub fn available_at(&self, now: Instant) -> usize {
+        let now = ns(now);
+        self.cores
+            .iter()
+            .filter(|core| core.is_available(now))
+            .count()
+    }
+
+    #[inline(always)]
+    fn screen(&self, i: usize, tried: &[usize], now: u64) -> Option<u64> {
+        if tried.contains(&i) {
+            None
+        } else {
+            self.cores[i].screen(now)
+        }
+    }
+
+    #[inline(always)]
+    fn probe(&self, i: usize, demand: &Demand, tried: &[usize], now: u64) -> Option<u64> {
+        if tried.contains(&i) {
+            None
+        } else {
+            self.cores[i].probe(demand, now)
+        }
+    }
+
+    /// The strategy's choice among `members` for which `load` is `Some`.
+    #[inline(always)]
+    fn choose(
+        &self,
+        tier: usize,
+        members: &[usize],
+        load: impl Fn(usize) -> Option<u64>,
+    ) -> Option<usize> {
+        match self.strategy {
+            Strategy::RoundRobin => rotated(members, &self.cursors[tier])
+                .copied()
+                .find(|&i| load(i).is_some()),
+            Strategy::LeastLoaded => {
+                let mut best: Option<(u64, u64, usize)> = None;
+                for &i in rotated_per_thread(members) {
+                    let Some(load) = load(i) else { continue };
+                    if best.is_some_and(|(best_load, _, _)| load > best_load) {
+                        continue;
+                    }
+                    let in_flight = self.cores[i].in_flight();
+                    // Strictly better only: ties go to the first in rotated order.
+                    if best.is_none_or(|b| (load, in_flight) < (b.0, b.1)) {
+                        best = Some((load, in_flight, i));
+                    }
+                }
+                best.map(|(_, _, i)| i)
+            }
+            Strategy::Random => {
+                // Reservoir sampling: uniform over the qualifying keys in one pass.
+                let mut seen = 0;
+                let mut chosen = None;
+                for &i in members {
+                    if load(i).is_some() {
+                        seen += 1;
+                        if fastrand::usize(..seen) == 0 {
+                            chosen = Some(i);
+                        }
+                    }
+                }
+                chosen
+            }
+            Strategy::Weighted => {
+                // Weighted reservoir sampling (Chao): key i is kept with probability w_i / W so
+                // far, which leaves each qualifying key chosen with probability w_i / W in
+                // total. Weight-0 keys are a uniform fallback for when no qualifying key has
+                // weight.
+                let mut total = 0.0;
+                let mut weighted = None;
+                let mut zero_seen = 0;
+                let mut zero = None;
+                for &i in members {
+                    if load(i).is_none() {
+                        continue;
+                    }
+                    let weight = self.weights[i];
+                    if weight > 0.0 {
+                        total += weight;
+                        if fastrand::f64() * total < weight {
+                            weighted = Some(i);
+                        }
+                    } else {
+                        zero_seen += 1;
+                        if fastrand::usize(..zero_seen) == 0 {
+                            zero = Some(i);
+                        }
+                    }
+                }
+                weighted.or(zero)
+            }
+        }
+    }
+
+    /// Time until the earliest non-disabled key could admit this demand.
+    pub(super) fn exhausted(&self, demand: &Demand, now: u64) -> Exhausted {
+        let wait = self
+            .cores
+            .iter()
+            .filter(|core| !core.is_disabled())
+            .map(|core| core.wait(demand, now))
+            .min();
+        Exhausted {
+            retry_after: wait.map_or(ALL_DISABLED_RETRY, |ns| {
+                Duration::from_nanos(ns).max(MIN_RETRY)
+            }),
+        }
+    }
+}
+
+/// The tier's members starting at the tier's cursor, which advances by one per call.
+#[inline]
+fn rotated<'a>(members: &'a [usize], cursor: &AtomicUsize) -> impl Iterator<Item = &'a usize> {
+    let start = match members.len() {
+        0 | 1 => 0,
+        n => cursor.fetch_add(1, Relaxed) % n,
+    };
+    let (head, tail) = members.split_at(start);
+    tail.iter().chain(head)
+}
+
+thread_local! {
+    static TIE_BREAK: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Like `rotated`, with a per-thread cursor: least-loaded only needs rotation to break ties,
+/// and a shared cursor would be one more contended cache line on every acquisition.
+#[inline]
+fn rotated_per_thread(members: &[usize]) -> impl Iterator<Item = &usize> {
+    let start = match members.len() {
+        0 | 1 => 0,
+        n => TIE_BREAK.with(|cursor| {
+            let next = cursor.get().wrapping_add(1);
+            cursor.set(next);
+            next % n
+        }),
+    };
+    let (head, tail) = members.split_at(start);
+    tail.iter().chain(head)
+}

@@ -1,0 +1,160 @@
+//! Errors the relay itself answers, in Anthropic's JSON error shape so SDKs and Claude Code
+//! show them properly: `{"type":"error","error":{"type":...,"message":...}}`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// An error the relay answers without (or instead of) an upstream response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid or missing credentials for this relay")]
+    Unauthorized,
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is larger than the relay's limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error(
+        "every key of provider '{provider}' is out of capacity; retry after {retry_after_secs} s"
+    )]
+    PoolExhausted {
+        provider: String,
+        retry_after_secs: u64,
+    },
+    #[error("the relay is at its limit of {limit} concurrent requests")]
+    Overloaded { limit: usize },
+    #[error("upstream '{provider}' could not be reached: {reason}")]
+    UpstreamUnreachable { provider: String, reason: String },
+    #[error("upstream '{provider}' did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { provider: String, timeout_ms: u128 },
+    #[error("internal relay error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Unauthorized => 401,
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest(_) => 400,
+            ApiError::BodyTooLarge { .. } => 413,
+            ApiError::NotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PoolExhausted { .. } => 429,
+            ApiError::Overloaded { .. } => 503,
+            ApiError::UpstreamUnreachable { .. } => 502,
+            ApiError::UpstreamTimeout { .. } => 504,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// Anthropic's `error.type` for this error.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "authentication_error",
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
+            ApiError::BodyTooLarge { .. } => "request_too_large",
+            ApiError::NotFound { .. } => "not_found_error",
+            ApiError::PoolExhausted { .. } => "rate_limit_error",
+            ApiError::Overloaded { .. } => "overloaded_error",
+            ApiError::UpstreamUnreachable { .. }
+            | ApiError::UpstreamTimeout { .. }
+            | ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::PoolExhausted {
+                retry_after_secs, ..
+            } => Some(Duration::from_secs(*retry_after_secs)),
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let v = serde_json::json!({
+            "type": "error",
+            "error": { "type": self.error_type(), "message": self.to_string() },
+        });
+        Bytes::from(v.to_string())
+    }
+
+    /// The same error as one SSE event, for a stream that already started when it happened.
+    pub fn sse_event(&self) -> Bytes {
+        let mut out = b"event: error\ndata: ".to_vec();
+        out.extend_from_slice(&self.body());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+/// Write `err` as the whole response. `request_id` goes in `x-request-id` (and `request-id`,
+/// the header Anthropic's SDKs surface in their exceptions).
+pub async fn write_error(
+    session: &mut Session,
+    err: &ApiError,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let body = err.body();
+    let mut resp = ResponseHeader::build(err.status(), Some(6))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if !request_id.is_empty() {
+        resp.insert_header("x-request-id", request_id)?;
+        resp.insert_header("request-id", request_id)?;
+    }
+    if let Some(after) = err.retry_after() {
+        resp.insert_header("retry-after", after.as_secs().max(1).to_string())?;
+    }
+    if err.status() == 405 {
+        resp.insert_header("allow", "POST")?;
+    }
+    // A request whose body we did not read cannot leave the connection reusable.
+    if matches!(err, ApiError::BodyTooLarge { .. }) {
+        resp.insert_header("connection", "close")?;
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_anthropic_error_shape() {
+        let e = ApiError::PoolExhausted {
+            provider: "anthropic".into(),
+            retry_after_secs: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("3 s"));
+        assert_eq!(e.status(), 429);
+    }
+
+    #[test]
+    fn sse_event_is_one_complete_event() {
+        let e = ApiError::UpstreamUnreachable {
+            provider: "p".into(),
+            reason: "connection reset".into(),
+        };
+        let ev = e.sse_event();
+        assert!(ev.starts_with(b"event: error\ndata: {"));
+        assert!(ev.ends_with(b"}\n\n"));
+    }
+}

@@ -1,0 +1,120 @@
+//! What the relay needs to know about a Messages request body, read without building a JSON
+//! tree: the model (and where it sits, to rewrite it in place), whether it streams, and
+//! `max_tokens`. serde_json still validates the whole document, so a broken body is refused
+//! here with a clear 400 instead of at the upstream.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::errors::ApiError;
+
+/// The fields of a request body that routing and admission use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub model: Option<String>,
+    /// Byte range of the model's JSON string literal (quotes included) in the body.
+    model_span: Option<(usize, usize)>,
+    pub stream: bool,
+    pub max_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+}
+
+impl RequestFacts {
+    pub fn parse(body: &[u8]) -> Result<RequestFacts, ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::InvalidJson("the body is empty".into()));
+        }
+        let probe: Probe<'_> =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let (model, model_span) = match probe.model {
+            Some(raw) => {
+                let text = raw.get();
+                let model: String = serde_json::from_str(text)
+                    .map_err(|_| ApiError::InvalidRequest("model: must be a string".to_string()))?;
+                // RawValue borrows from `body`, so its offset is a pointer difference.
+                let start = text.as_ptr() as usize - body.as_ptr() as usize;
+                (Some(model), Some((start, start + text.len())))
+            }
+            None => (None, None),
+        };
+        Ok(RequestFacts {
+            model,
+            model_span,
+            stream: probe.stream.unwrap_or(false),
+            max_tokens: probe.max_tokens.unwrap_or(0),
+        })
+    }
+
+    /// A rough input-token estimate for admission: ~4 bytes of JSON per token. Settlement
+    /// replaces it with the upstream's real count, so it only needs to be the right size.
+    pub fn estimate_input_tokens(body_len: usize) -> u64 {
+        (body_len as u64 / 4).max(1)
+    }
+
+    /// The body with the model replaced by `new_model`, spliced in place so the rest of the
+    /// document stays byte-for-byte what the client sent.
+    pub fn rewrite_model(&self, body: &Bytes, new_model: &str) -> Bytes {
+        let Some((start, end)) = self.model_span else {
+            return body.clone();
+        };
+        let literal = serde_json::to_string(new_model).expect("a string always serialises");
+        let mut out = Vec::with_capacity(body.len() - (end - start) + literal.len());
+        out.extend_from_slice(&body[..start]);
+        out.extend_from_slice(literal.as_bytes());
+        out.extend_from_slice(&body[end..]);
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_model_stream_and_max_tokens() {
+        let body = br#"{"max_tokens": 64000, "model":"claude-x", "stream": true, "messages": []}"#;
+        let f = RequestFacts::parse(body).unwrap();
+        assert_eq!(f.model.as_deref(), Some("claude-x"));
+        assert!(f.stream);
+        assert_eq!(f.max_tokens, 64000);
+    }
+
+    #[test]
+    fn rewrite_keeps_everything_else_byte_for_byte() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"model \"a\""}], "model" : "a", "x":1}"#,
+        );
+        let f = RequestFacts::parse(&body).unwrap();
+        let out = f.rewrite_model(&body, "a-much-longer-model-name");
+        assert_eq!(
+            &out[..],
+            br#"{"messages":[{"role":"user","content":"model \"a\""}], "model" : "a-much-longer-model-name", "x":1}"#
+        );
+        let again = RequestFacts::parse(&out).unwrap();
+        assert_eq!(again.model.as_deref(), Some("a-much-longer-model-name"));
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        let f = RequestFacts::parse(br#"{"model":"cl\u0061ude"}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some("claude"));
+    }
+
+    #[test]
+    fn broken_json_and_wrong_types_are_400() {
+        for body in [&b""[..], b"{", b"[1,2", b"not json", br#"{"model": 7}"#] {
+            let e = RequestFacts::parse(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{:?}", std::str::from_utf8(body));
+        }
+    }
+}

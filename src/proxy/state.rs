@@ -1,0 +1,169 @@
+//! The runtime state requests read: the validated config plus, per provider, its key pool and
+//! resolved addresses. Held in an `ArcSwap` so a reload replaces it whole while requests in
+//! flight keep the `Arc` they started with.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::{self, Config, ProviderConfig};
+use crate::pool::{KeyPool, KeySpec};
+use crate::providers::{resolve_now, AuthStyle, ResolvedAddrs};
+
+/// One provider, ready for requests.
+pub struct ProviderRuntime {
+    pub config: ProviderConfig,
+    pub auth: AuthStyle,
+    /// Present when the provider has keys; `None` = passthrough of the client's credentials.
+    pub pool: Option<KeyPool>,
+    pub addrs: Arc<ResolvedAddrs>,
+    /// `Host` header / SNI for the upstream.
+    pub host_header: String,
+}
+
+impl ProviderRuntime {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether this provider serves `model` (an empty model list serves every model).
+    pub fn serves(&self, model: &str) -> bool {
+        self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
+    }
+
+    /// The secret for the key at `index` of this provider's pool.
+    pub fn secret(&self, index: usize) -> &str {
+        self.config.keys[index].key.expose()
+    }
+}
+
+pub struct RuntimeState {
+    pub config: Arc<Config>,
+    pub providers: Vec<ProviderRuntime>,
+    /// Index into `providers` by name.
+    by_name: HashMap<String, usize>,
+    /// Bumped by every successful reload, so clients (e.g. `cc-relay reload`) can see it land.
+    pub generation: u64,
+}
+
+fn key_specs(provider: &ProviderConfig) -> Vec<KeySpec> {
+    provider
+        .keys
+        .iter()
+        .map(|k| KeySpec {
+            id: k.id.clone(),
+            fingerprint: config::key_fingerprint(k.key.expose()),
+            rpm_limit: k.rpm_limit,
+            itpm_limit: k.itpm_limit,
+            otpm_limit: k.otpm_limit,
+            priority: k.priority,
+            weight: k.weight,
+        })
+        .collect()
+}
+
+impl RuntimeState {
+    /// Build the state for `config`. With `previous`, every provider that keeps its name keeps
+    /// its pool's state for the keys that are still there, and its resolved addresses when the
+    /// host did not change. Resolves new hosts (blocking): call from start-up or a background
+    /// task, never from a request.
+    pub fn build(config: Config, previous: Option<&RuntimeState>) -> RuntimeState {
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for p in &config.providers {
+            let old = previous.and_then(|s| s.provider(&p.name));
+            let specs = key_specs(p);
+            let pool = if specs.is_empty() {
+                None
+            } else {
+                Some(match old.and_then(|o| o.pool.as_ref()) {
+                    Some(old_pool) => old_pool.rebuild(specs, p.pooling.strategy),
+                    None => KeyPool::new(specs, p.pooling.strategy),
+                })
+            };
+            let addrs = match old {
+                Some(o)
+                    if o.config.base_url.host == p.base_url.host
+                        && o.config.base_url.port == p.base_url.port =>
+                {
+                    o.addrs.clone()
+                }
+                _ => Arc::new(ResolvedAddrs::new(&p.base_url, resolve_now(&p.base_url))),
+            };
+            providers.push(ProviderRuntime {
+                auth: AuthStyle::for_kind(p.kind),
+                host_header: p.base_url.host_header(),
+                config: p.clone(),
+                pool,
+                addrs,
+            });
+        }
+        let by_name = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.config.name.clone(), i))
+            .collect();
+        RuntimeState {
+            generation: previous.map_or(1, |s| s.generation + 1),
+            config: Arc::new(config),
+            providers,
+            by_name,
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderRuntime> {
+        self.by_name.get(name).map(|&i| &self.providers[i])
+    }
+
+    /// Apply the global model mapping, then pick the provider: the first enabled provider
+    /// that lists the model, else `routing.default_provider`, else the first enabled one.
+    /// Returns the provider's index and the model name after the global mapping.
+    pub fn route<'a>(&'a self, model: Option<&'a str>) -> Option<(usize, Option<&'a str>)> {
+        let routing = &self.config.routing;
+        let model = model.map(|m| {
+            routing
+                .model_mapping
+                .get(m)
+                .map(String::as_str)
+                .unwrap_or(m)
+        });
+        if let Some(m) = model {
+            let listed = self
+                .providers
+                .iter()
+                .position(|p| p.config.enabled && !p.config.models.is_empty() && p.serves(m));
+            if let Some(i) = listed {
+                return Some((i, model));
+            }
+        }
+        if let Some(default) = &routing.default_provider {
+            if let Some(&i) = self.by_name.get(default) {
+                if self.providers[i].config.enabled {
+                    return Some((i, model));
+                }
+            }
+        }
+        let first = self.providers.iter().position(|p| p.config.enabled)?;
+        Some((first, model))
+    }
+}
+
+/// The state shared by the proxy and the reloader.
+pub struct Shared {
+    pub current: ArcSwap<RuntimeState>,
+    /// The error of the last reload when it failed (cleared by a successful one).
+    pub last_reload_error: ArcSwapOption<String>,
+    /// Every reload attempt, successful or not, so a client can tell its own one finished.
+    pub reload_attempts: AtomicU64,
+}
+
+pub type SharedState = Arc<Shared>;
+
+pub fn shared(state: RuntimeState) -> SharedState {
+    Arc::new(Shared {
+        current: ArcSwap::from_pointee(state),
+        last_reload_error: ArcSwapOption::empty(),
+        reload_attempts: AtomicU64::new(0),
+    })
+}

@@ -1,0 +1,211 @@
+//! Test harness: the real `cc-relay` binary on a free loopback port, configured against the
+//! in-repo mock upstream. Every process a test starts is killed when its handle drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use cc_relay::mock::{Fault, MockConfig, MockUpstream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cc-relay");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running relay process.
+pub struct RelayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<String>>,
+}
+
+/// The `server:` block every test config starts with: its own port, pid file and upgrade
+/// socket in the test's temp dir, short grace periods.
+pub fn server_block(port: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  pid_file: \"{}\"\n  upgrade_sock: \"{}\"\n  grace_period_seconds: 3\n  graceful_shutdown_timeout_seconds: 2\n{extra}",
+        dir.join("relay.pid").display(),
+        dir.join("upgrade.sock").display(),
+    )
+}
+
+/// A provider block for the mock with the given keys (`name: secret` pairs; empty = passthrough).
+pub fn mock_provider(
+    name: &str,
+    mock: &MockUpstream,
+    keys: &[(&str, &str)],
+    extra: &str,
+) -> String {
+    let mut s = format!(
+        "  - name: {name}\n    type: anthropic\n    base_url: \"{}\"\n{extra}",
+        mock.base_url()
+    );
+    if keys.is_empty() {
+        s.push_str("    keys: []\n");
+    } else {
+        s.push_str("    keys:\n");
+        for (id, secret) in keys {
+            s.push_str(&format!("      - name: {id}\n        key: \"{secret}\"\n"));
+        }
+    }
+    s
+}
+
+impl RelayProcess {
+    /// Start a relay with `body` (everything after the `server:` block) and wait until it
+    /// answers `/health`.
+    pub fn start(server_extra: &str, body: &str) -> RelayProcess {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let port = free_port();
+        let yaml = format!("{}{body}", server_block(port, dir.path(), server_extra));
+        let config_path = dir.path().join("cc-relay.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        Self::spawn(dir, config_path, port, false)
+    }
+
+    /// Start another process on the same config (and so the same port, pid file and upgrade
+    /// socket) with `--upgrade`; it takes the listeners when the old one gets SIGQUIT.
+    pub fn start_upgrade(&self) -> RelayProcess {
+        Self::spawn(
+            self.dir.clone(),
+            self.config_path.clone(),
+            self.addr.port(),
+            true,
+        )
+    }
+
+    fn spawn(dir: Arc<tempfile::TempDir>, config_path: PathBuf, port: u16, upgrade: bool) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--config").arg(&config_path);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.env("RUST_LOG", "info,cc_relay=debug")
+            .env_remove("ANTHROPIC_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn cc-relay");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let relay = RelayProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            config_path,
+            logs,
+        };
+        if !upgrade {
+            relay.wait_healthy(Duration::from_secs(20));
+        }
+        relay
+    }
+
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("relay did not start listening; logs:\n{}", self.logs());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait until the logs contain `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Wait for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn rewrite_config(&self, server_extra: &str, body: &str) {
+        let yaml = format!(
+            "{}{body}",
+            server_block(self.addr.port(), self.dir.path(), server_extra)
+        );
+        std::fs::write(&self.config_path, yaml).unwrap();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn message_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "max_tokens": 64000,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello there"}],
+    })
+}
+
+pub async fn start_mock() -> MockUpstream {
+    MockUpstream::start(MockConfig::default()).await.unwrap()
+}
+
+/// The `error.type` of an Anthropic error body.
+pub fn error_type(body: &serde_json::Value) -> &str {
+    assert_eq!(body["type"], "error", "not an Anthropic error: {body}");
+    body["error"]["type"].as_str().unwrap()
+}
