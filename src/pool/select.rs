@@ -17,6 +17,14 @@ use super::key::{KeyCore, KeyState};
 use super::reservation::Reservation;
 use super::{Demand, Exhausted, KeySpec, Strategy};
 
+/// What a candidate key is checked against: the cost-free screen, or the demand in full.
+struct Check<'a> {
+    demand: &'a Demand,
+    tried: &'a [usize],
+    now: u64,
+    full: bool,
+}
+
 /// `retry_after` when no key can ever admit again before a reload (all disabled, or none).
 const ALL_DISABLED_RETRY: Duration = Duration::from_secs(60);
 /// Floor of `retry_after`: never zero, even when the only capable keys were already tried.
@@ -157,14 +165,21 @@ impl KeyPool {
             // either way, and a uniform or weighted draw retried on a miss is still uniform or
             // weighted over the keys that qualify. Later misses are races lost to concurrent
             // requests, so the bound is only hit by a pathological schedule.
-            let Some(mut index) = self.choose(tier, members, |i| self.screen(i, tried, now)) else {
+            let mut check = Check {
+                demand,
+                tried,
+                now,
+                full: false,
+            };
+            let Some(mut index) = self.choose(tier, members, &check) else {
                 continue;
             };
+            check.full = true;
             for _ in 0..members.len() * 2 + 4 {
                 if let Some(charges) = self.cores[index].reserve(demand, now) {
                     return Ok(Reservation::new(self.keys[index].clone(), index, charges));
                 }
-                match self.choose(tier, members, |i| self.probe(i, demand, tried, now)) {
+                match self.choose(tier, members, &check) {
                     Some(next) => index = next,
                     None => break,
                 }
@@ -186,57 +201,56 @@ impl KeyPool {
             .count()
     }
 
+    /// The key's load if it passes `check` (see `KeyCore::screen` and `KeyCore::probe`).
     #[inline(always)]
-    fn screen(&self, i: usize, tried: &[usize], now: u64) -> Option<u64> {
-        if tried.contains(&i) {
-            None
+    fn load(&self, i: usize, check: &Check) -> Option<u64> {
+        if check.tried.contains(&i) {
+            return None;
+        }
+        let core = &self.cores[i];
+        if check.full {
+            core.probe(check.demand, check.now)
         } else {
-            self.cores[i].screen(now)
+            core.screen(check.now)
         }
     }
 
+    /// The strategy's choice among `members` that pass `check`.
     #[inline(always)]
-    fn probe(&self, i: usize, demand: &Demand, tried: &[usize], now: u64) -> Option<u64> {
-        if tried.contains(&i) {
-            None
-        } else {
-            self.cores[i].probe(demand, now)
-        }
-    }
-
-    /// The strategy's choice among `members` for which `load` is `Some`.
-    #[inline(always)]
-    fn choose(
-        &self,
-        tier: usize,
-        members: &[usize],
-        load: impl Fn(usize) -> Option<u64>,
-    ) -> Option<usize> {
+    fn choose(&self, tier: usize, members: &[usize], check: &Check) -> Option<usize> {
         match self.strategy {
             Strategy::RoundRobin => rotated(members, &self.cursors[tier])
                 .copied()
-                .find(|&i| load(i).is_some()),
+                .find(|&i| self.load(i, check).is_some()),
             Strategy::LeastLoaded => {
-                let mut best: Option<(u64, u64, usize)> = None;
+                let mut best = None;
+                let mut best_load = u64::MAX;
+                // In-flight counts only matter between equal loads: read them only then.
+                let mut best_in_flight = None;
                 for &i in rotated_per_thread(members) {
-                    let Some(load) = load(i) else { continue };
-                    if best.is_some_and(|(best_load, _, _)| load > best_load) {
+                    let Some(load) = self.load(i, check) else {
                         continue;
-                    }
-                    let in_flight = self.cores[i].in_flight();
-                    // Strictly better only: ties go to the first in rotated order.
-                    if best.is_none_or(|b| (load, in_flight) < (b.0, b.1)) {
-                        best = Some((load, in_flight, i));
+                    };
+                    if load < best_load {
+                        (best, best_load, best_in_flight) = (Some(i), load, None);
+                    } else if load == best_load {
+                        let current = *best_in_flight
+                            .get_or_insert_with(|| best.map_or(0, |b| self.cores[b].in_flight()));
+                        let in_flight = self.cores[i].in_flight();
+                        // Strictly fewer only: remaining ties go to the first in rotated order.
+                        if in_flight < current {
+                            (best, best_in_flight) = (Some(i), Some(in_flight));
+                        }
                     }
                 }
-                best.map(|(_, _, i)| i)
+                best
             }
             Strategy::Random => {
                 // Reservoir sampling: uniform over the qualifying keys in one pass.
                 let mut seen = 0;
                 let mut chosen = None;
                 for &i in members {
-                    if load(i).is_some() {
+                    if self.load(i, check).is_some() {
                         seen += 1;
                         if fastrand::usize(..seen) == 0 {
                             chosen = Some(i);
@@ -255,7 +269,7 @@ impl KeyPool {
                 let mut zero_seen = 0;
                 let mut zero = None;
                 for &i in members {
-                    if load(i).is_none() {
+                    if self.load(i, check).is_none() {
                         continue;
                     }
                     let weight = self.weights[i];

@@ -1,0 +1,69 @@
+//! The relay driven by the official Anthropic Python SDK (installed by `make test`; the test
+//! fails with instructions when it is missing, it never skips silently).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run_sdk(relay: &RelayProcess, scenario: &str) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_client.py");
+    let probe = Command::new(&python)
+        .args(["-c", "import anthropic"])
+        .output()
+        .expect("python3 is needed for the SDK test");
+    assert!(
+        probe.status.success(),
+        "the anthropic Python SDK is not installed: run `make deps-test` (or `make test`)"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(relay.url(""))
+        .arg(scenario)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK scenario {scenario} failed:\n{}\n{}\nrelay logs:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        relay.logs()
+    );
+}
+
+fn config(mock: &MockUpstream, key_extra: &str) -> String {
+    format!(
+        "providers:\n  - name: anthropic\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      - name: k\n        key: sk-sdk\n{key_extra}",
+        mock.base_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_json_stream_and_count_tokens() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &config(&mock, ""));
+    run_sdk(&relay, "happy");
+    assert_eq!(mock.request_count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_sees_an_error_event_when_the_upstream_drops_mid_stream() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &config(&mock, ""));
+    mock.push_fault(None, Fault::DropAfterEvents(4));
+    run_sdk(&relay, "midstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_gets_rate_limit_error_with_retry_after_from_an_exhausted_pool() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &config(&mock, "        rpm_limit: 1\n"));
+    run_sdk(&relay, "exhausted");
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "the refused request reached the upstream"
+    );
+}
