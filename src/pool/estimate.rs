@@ -34,8 +34,13 @@ impl OutputEstimate {
         ((mean + 2 * dev + (1 << FRAC) - 1) >> FRAC).max(1)
     }
 
-    /// Feed the output tokens one response really used.
+    /// Feed the output tokens one response really used. Zero is skipped: a response that
+    /// produced nothing (a stream cut before its first token) says nothing about how much a
+    /// real answer produces, and would only drag the estimate down.
     pub fn observe(&self, output_tokens: u64) {
+        if output_tokens == 0 {
+            return;
+        }
         let sample = (output_tokens.min(MAX_SAMPLE) << FRAC) as i64;
         // Never fails: the closure always returns Some.
         let _ = self.0.fetch_update(Relaxed, Relaxed, |packed| {

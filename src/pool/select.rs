@@ -328,9 +328,12 @@ fn rotated_per_thread(members: &[usize]) -> impl Iterator<Item = &usize> {
     let start = match members.len() {
         0 | 1 => 0,
         n => TIE_BREAK.with(|cursor| {
-            let next = cursor.get().wrapping_add(1);
+            // Wraps without a division; a thread moving between pools of different sizes just
+            // restarts its rotation.
+            let next = cursor.get() + 1;
+            let next = if next >= n { 0 } else { next };
             cursor.set(next);
-            next % n
+            next
         }),
     };
     let (head, tail) = members.split_at(start);

@@ -119,6 +119,18 @@ fn the_output_estimate_adapts_to_real_usage() {
 }
 
 #[test]
+fn a_response_without_output_leaves_the_estimate_alone() {
+    let t0 = Instant::now();
+    let pool = pool(vec![spec("a", 0, 0, 0)], Strategy::LeastLoaded);
+    for _ in 0..50 {
+        pool.acquire_at(&demand(10, 0), &[], t0)
+            .unwrap()
+            .settle_at(usage(10, 0), t0);
+    }
+    assert_eq!(pool.keys()[0].snapshot_at(t0).output_estimate, 1_024);
+}
+
+#[test]
 fn varied_outputs_reserve_above_their_mean() {
     let t0 = Instant::now();
     let pool = pool(vec![spec("a", 0, 0, 0)], Strategy::LeastLoaded);

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# `make load`: side-by-side load test on loopback — the mock upstream directly (the floor),
+# through cc-relay, and through nginx as a plain reverse proxy — in one run, targets alternated
+# (direct relay nginx direct relay nginx ...), medians of REPS repetitions.
+#
+# Scenarios (wrk, HTTP/1.1 keep-alive, POST /v1/messages):
+#   json-2k@C   non-streaming, ~2 KB body, C connections (CONNS, default "32 256")
+#   sse-2k@C    "stream": true, same body
+#   sse-76k@32  "stream": true, a ~76 KB Claude Code-shaped body
+#   paced-json / paced-sse   ~RATE req/s (default 1000) to read added latency at a fixed load
+#   mem-sse     MEM_STREAMS (1000) concurrent long SSE streams: the relay's peak RSS (and nginx's)
+#   soak        SOAK=1: SOAK_DURATION (60) s of sse-2k at 256 connections through the relay
+#
+# Fixed rate: oha is not packaged by Debian 12, so the paced runs use wrk with a Lua delay():
+# PACE_CONNS connections each wait a random 0.5..1.5 x (PACE_CONNS*1000/RATE) ms between
+# requests. Latency is timed from send to last byte and excludes the wait; at this load the
+# service time (<1 ms) is far below the interval, so coordinated omission does not arise.
+#
+# Per run: req/s, p50/p99/p99.9, errors (connect/read/write/timeout + non-2xx), CPU seconds per
+# 1,000 requests of the proxy and the mock (utime+stime from /proc/PID/stat), peak RSS (VmHWM,
+# reset through /proc/PID/clear_refs before each run). Results: $OUT/load-<ts>.{json,md,png}.
+#
+# Env: DURATION (8 s per run), REPS (3), CONNS ("32 256"), RATE (1000), PACE_CONNS (10),
+#      THREADS (relay threads = nginx worker_processes; default nproc), MOCK_THREADS (1),
+#      WRK_THREADS (1), LATENCY_MS (mock latency before headers, 0), EVENTS (SSE deltas, 5),
+#      SCENARIOS (subset of: json-2k sse-2k sse-76k paced-json paced-sse),
+#      MEM (1 = run mem-sse), MEM_STREAMS (1000), MEM_DURATION (15), MEM_INTERVAL_MS (100),
+#      SOAK (0), SOAK_DURATION (60), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-8}
+REPS=${REPS:-3}
+CONNS=${CONNS:-"32 256"}
+RATE=${RATE:-1000}
+PACE_CONNS=${PACE_CONNS:-10}
+THREADS=${THREADS:-$(nproc)}
+MOCK_THREADS=${MOCK_THREADS:-1}
+WRK_THREADS=${WRK_THREADS:-1}
+LATENCY_MS=${LATENCY_MS:-0}
+EVENTS=${EVENTS:-5}
+SCENARIOS=${SCENARIOS:-"json-2k sse-2k sse-76k paced-json paced-sse"}
+MEM=${MEM:-1}
+MEM_STREAMS=${MEM_STREAMS:-1000}
+MEM_DURATION=${MEM_DURATION:-15}
+MEM_INTERVAL_MS=${MEM_INTERVAL_MS:-100}
+SOAK=${SOAK:-0}
+SOAK_DURATION=${SOAK_DURATION:-60}
+OUT=${OUT:-results}
+PLOT=${PLOT:-}
+TARGETS="direct relay nginx"
+
+log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Dependencies: wrk, nginx, python3 (report), matplotlib (plot; optional), the release binaries.
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]} (apt-get)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib (pip) for the plot"
+  python3 -m pip install -q matplotlib 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages matplotlib 2>/dev/null ||
+    log "matplotlib unavailable: the report will have no plot"
+fi
+BIN=$ROOT/target/release
+if [ ! -x "$BIN/cc-relay" ] || [ ! -x "$BIN/cc-relay-mock" ]; then
+  log "building release binaries"
+  cargo build --release
+fi
+
+# 1,000 streams need ~2,000 descriptors in the relay and as many in wrk and the mock.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge 4096 ] || die "open-file limit $(ulimit -n) is too low for the memory scenario"
+
+# ---------------------------------------------------------------------------------------------
+# Processes: everything this script starts is stopped on exit.
+DIR=$(mktemp -d /tmp/cc-relay-load.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+read -r MOCK_PORT RELAY_PORT NGINX_PORT < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+
+wait_port() {
+  local i
+  for i in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+"$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads "$MOCK_THREADS" \
+  --latency-ms "$LATENCY_MS" --events "$EVENTS" >"$DIR/mock.log" 2>&1 &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+wait_port "$MOCK_PORT" || die "mock did not start: $(cat "$DIR/mock.log")"
+
+cat >"$DIR/relay.yaml" <<YAML
+server:
+  listen: "127.0.0.1:$RELAY_PORT"
+  threads: $THREADS
+  pid_file: "$DIR/relay.pid"
+  upgrade_sock: "$DIR/relay-upgrade.sock"
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+providers:
+  - name: mock
+    type: anthropic
+    base_url: "http://127.0.0.1:$MOCK_PORT"
+    keys:
+      - name: load-1
+        key: "sk-load-1"
+        rpm_limit: 0
+logging:
+  level: warn
+YAML
+env -u RUST_LOG -u ANTHROPIC_API_KEY "$BIN/cc-relay" serve --config "$DIR/relay.yaml" \
+  >"$DIR/relay.log" 2>&1 &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+wait_port "$RELAY_PORT" || die "relay did not start: $(cat "$DIR/relay.log")"
+
+mkdir -p "$DIR/nginx"
+cat >"$DIR/nginx/nginx.conf" <<NGINX
+# A plain reverse proxy, tuned as one would for this job: as many workers as the relay has
+# threads, keep-alive both sides, no response buffering (SSE), request bodies kept in memory.
+user root;
+worker_processes $THREADS;
+worker_rlimit_nofile 65536;
+daemon off;
+pid $DIR/nginx/nginx.pid;
+error_log $DIR/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $DIR/nginx/body;
+  proxy_temp_path $DIR/nginx/proxy;
+  fastcgi_temp_path $DIR/nginx/fastcgi;
+  uwsgi_temp_path $DIR/nginx/uwsgi;
+  scgi_temp_path $DIR/nginx/scgi;
+  keepalive_timeout 75s;
+  keepalive_requests 10000000;
+  client_max_body_size 32m;
+  client_body_buffer_size 1m;
+  upstream mock {
+    server 127.0.0.1:$MOCK_PORT;
+    keepalive 1024;
+    keepalive_requests 10000000;
+    keepalive_timeout 90s;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }
+  }
+}
+NGINX
+"$NGINX" -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -e "$DIR/nginx/error.log" \
+  >"$DIR/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX_PORT" || die "nginx did not start: $(cat "$DIR/nginx/error.log")"
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies and the wrk script.
+python3 scripts/load_body.py small >"$DIR/json-2k.json"
+python3 scripts/load_body.py small --stream >"$DIR/sse-2k.json"
+python3 scripts/load_body.py claude-code --stream >"$DIR/sse-76k.json"
+
+cat >"$DIR/load.lua" <<'LUA'
+local f = assert(io.open(os.getenv("LOAD_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["x-api-key"] = "sk-load-client"
+local interval = tonumber(os.getenv("LOAD_EVENT_INTERVAL_MS") or "")
+if interval then
+  wrk.headers["x-mock-event-interval-ms"] = tostring(interval)
+  wrk.headers["x-mock-events"] = os.getenv("LOAD_EVENTS")
+end
+local pace = tonumber(os.getenv("LOAD_PACE_MS") or "0")
+if pace > 0 then
+  local lo, hi = math.floor(pace / 2), math.ceil(pace * 3 / 2)
+  function setup(thread) thread:set("seed", math.random(1, 1e9)) end
+  function init(args) math.randomseed(seed or os.time()) end
+  function delay() return math.random(lo, hi) end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,' ..
+    '"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
+end
+LUA
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers.
+CLK_TCK=$(getconf CLK_TCK)
+nginx_pids() { echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true); }
+# utime+stime (ticks) summed over the given pids.
+cpu_ticks() {
+  local t=0 p stat
+  for p in "$@"; do
+    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    stat=${stat##*) }            # fields after "(comm) "
+    set -- $stat
+    t=$((t + ${12} + ${13}))     # fields 14 and 15 of the full line
+  done
+  echo "$t"
+}
+# VmHWM (kB) summed over the given pids.
+hwm_kb() {
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+url_of() {
+  case $1 in
+    direct) echo "http://127.0.0.1:$MOCK_PORT/v1/messages" ;;
+    relay) echo "http://127.0.0.1:$RELAY_PORT/v1/messages" ;;
+    nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/messages" ;;
+  esac
+}
+
+mkdir -p "$OUT"
+TS=$(date -u +%Y%m%dT%H%M%SZ)
+RUNS=$DIR/runs.jsonl
+: >"$RUNS"
+
+# run_one SCENARIO TARGET REP BODY CONNS DURATION PACE_MS [EVENT_INTERVAL_MS EVENTS]
+run_one() {
+  local scenario=$1 target=$2 rep=$3 body=$4 conns=$5 dur=$6 pace=$7
+  local interval=${8:-} events=${9:-}
+  local threads=$WRK_THREADS
+  ((conns >= 512 && threads < 2)) && threads=2
+  local np; np=$(nginx_pids)
+  # shellcheck disable=SC2086
+  reset_hwm "$RELAY_PID" "$MOCK_PID" $np
+  local r0 n0 m0; r0=$(cpu_ticks "$RELAY_PID"); n0=$(cpu_ticks $np); m0=$(cpu_ticks "$MOCK_PID")
+  local out
+  out=$(LOAD_BODY="$DIR/$body.json" LOAD_PACE_MS="$pace" LOAD_EVENT_INTERVAL_MS="$interval" \
+    LOAD_EVENTS="$events" wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 30s \
+    -s "$DIR/load.lua" "$(url_of "$target")" 2>&1) || die "wrk failed: $out"
+  local r1 n1 m1; r1=$(cpu_ticks "$RELAY_PID"); n1=$(cpu_ticks $np); m1=$(cpu_ticks "$MOCK_PID")
+  local wrk_json; wrk_json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
+  [ -n "$wrk_json" ] || die "no result from wrk: $out"
+  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"nginx":%d,"mock":%d}}\n' \
+    "$scenario" "$target" "$rep" "$body" "$conns" "$dur" "$pace" "$wrk_json" \
+    $((r1 - r0)) $((n1 - n0)) $((m1 - m0)) \
+    "$(hwm_kb "$RELAY_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
+  python3 - "$RUNS" <<'PY' >&2
+import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1]); w = r["wrk"]
+err = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["status"]
+print(f'  {r["scenario"]:<12} {r["target"]:<6} rep {r["rep"]}: {w["requests"]/w["duration_us"]*1e6:9.0f} req/s'
+      f'  p50 {w["p50_us"]:>6} us  p99 {w["p99_us"]:>6} us  p99.9 {w["p999_us"]:>6} us  errors {err}')
+PY
+}
+
+# Pacing interval per connection for RATE req/s in total.
+PACE_MS=$(((PACE_CONNS * 1000 + RATE / 2) / RATE))
+((PACE_MS >= 2)) || die "RATE too high for PACE_CONNS=$PACE_CONNS (interval under 2 ms)"
+
+log "mock :$MOCK_PORT (threads $MOCK_THREADS, latency ${LATENCY_MS} ms), relay :$RELAY_PORT (pid $RELAY_PID, threads $THREADS), nginx :$NGINX_PORT (workers $THREADS)"
+log "warm-up"
+for t in $TARGETS; do
+  LOAD_BODY="$DIR/json-2k.json" wrk -t1 -c32 -d2s -s "$DIR/load.lua" "$(url_of "$t")" >/dev/null
+  LOAD_BODY="$DIR/sse-2k.json" wrk -t1 -c32 -d1s -s "$DIR/load.lua" "$(url_of "$t")" >/dev/null
+done
+
+# Scenario list: name body conns pace
+PLAN=()
+for s in $SCENARIOS; do
+  case $s in
+    json-2k | sse-2k) for c in $CONNS; do PLAN+=("$s@$c $s $c 0"); done ;;
+    sse-76k) PLAN+=("sse-76k@32 sse-76k 32 0") ;;
+    paced-json) PLAN+=("paced-json json-2k $PACE_CONNS $PACE_MS") ;;
+    paced-sse) PLAN+=("paced-sse sse-2k $PACE_CONNS $PACE_MS") ;;
+    *) die "unknown scenario $s" ;;
+  esac
+done
+
+for entry in "${PLAN[@]}"; do
+  read -r name body conns pace <<<"$entry"
+  log "$name: ${REPS} x (direct relay nginx), ${DURATION}s each"
+  for rep in $(seq 1 "$REPS"); do
+    for t in $TARGETS; do
+      run_one "$name" "$t" "$rep" "$body" "$conns" "$DURATION" "$pace"
+      sleep 0.5
+    done
+  done
+done
+
+if [ "$MEM" = 1 ]; then
+  # Streams of MEM_DURATION x 2/3 s (events x interval), so every connection holds one open
+  # stream for most of the run.
+  mem_events=$((MEM_DURATION * 1000 * 2 / 3 / MEM_INTERVAL_MS))
+  log "mem-sse: $MEM_STREAMS concurrent SSE streams (${mem_events} events every ${MEM_INTERVAL_MS} ms), ${MEM_DURATION}s, relay then nginx"
+  for t in relay nginx; do
+    run_one "mem-sse" "$t" 1 sse-2k "$MEM_STREAMS" "$MEM_DURATION" 0 "$MEM_INTERVAL_MS" "$mem_events"
+    sleep 1
+  done
+fi
+
+if [ "$SOAK" = 1 ]; then
+  log "soak: sse-2k at 256 connections through the relay for ${SOAK_DURATION}s"
+  run_one "soak-sse@256" relay 1 sse-2k 256 "$SOAK_DURATION" 0
+fi
+
+kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -20 "$DIR/relay.log")"
+if grep -qiE 'error|panic' "$DIR/relay.log"; then
+  log "relay log (warnings and errors):"; tail -20 "$DIR/relay.log" >&2
+fi
+
+cat >"$DIR/meta.json" <<JSON
+{"timestamp":"$TS","command":"make load (bash scripts/load.sh)","duration_s":$DURATION,"reps":$REPS,
+ "rate":$RATE,"pace_conns":$PACE_CONNS,"pace_ms":$PACE_MS,"threads":$THREADS,
+ "mock_threads":$MOCK_THREADS,"wrk_threads":$WRK_THREADS,"latency_ms":$LATENCY_MS,"events":$EVENTS,
+ "mem_streams":$MEM_STREAMS,"clk_tck":$CLK_TCK,"nproc":$(nproc),
+ "cpu_model":"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
+ "kernel":"$(uname -r)","wrk":"$(wrk --version 2>&1 | head -1 | cut -d' ' -f2)",
+ "nginx":"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')",
+ "git":"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"}
+JSON
+python3 scripts/load_report.py --meta "$DIR/meta.json" --runs "$RUNS" \
+  --out "$OUT/load-$TS" ${PLOT:+--plot-copy "$PLOT"}

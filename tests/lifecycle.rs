@@ -1,0 +1,357 @@
+//! Zero-downtime lifecycle against the real binary: SIGHUP reloads, binary upgrade, graceful
+//! shutdown. Every test bounds its own time and its processes die with their handles.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Requests sent in a loop by `workers` tasks until stopped; counts successes and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, errors, url) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    errors.clone(),
+                    url.clone(),
+                );
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = c.post(&url).json(&message_body("m", false)).send().await;
+                        let outcome = match r {
+                            Ok(resp) if resp.status() == 200 => {
+                                resp.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                            }
+                            Ok(resp) => Err(format!("status {}", resp.status())),
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        match outcome {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                errors.lock().unwrap().push(e);
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn provider(mock: &MockUpstream, keys: &str, extra: &str) -> String {
+    format!(
+        "providers:\n  - name: anthropic\n    type: anthropic\n    base_url: \"{}\"\n{extra}    keys:\n{keys}",
+        mock.base_url()
+    )
+}
+
+const ONE_KEY: &str = "      - name: one\n        key: sk-one\n        priority: 1\n";
+const TWO_KEYS: &str = "      - name: one\n        key: sk-one\n        priority: 1\n      - name: two\n        key: sk-two\n        priority: 2\n";
+
+async fn get_json(relay: &RelayProcess, path: &str) -> Value {
+    client()
+        .get(relay.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn reload_cli(relay: &RelayProcess) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&relay.config_path)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_adds_a_key_and_a_mapping_without_a_failed_request() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    let load = Load::start(relay.url("/v1/messages"), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    relay.rewrite_config(
+        "",
+        &provider(&mock, TWO_KEYS, "    model_mapping:\n      m: m-mapped\n"),
+    );
+    let out = tokio::task::spawn_blocking({
+        let relay_cfg = relay.config_path.clone();
+        move || {
+            std::process::Command::new(BIN)
+                .args(["reload", "--config"])
+                .arg(relay_cfg)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "reload failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        relay.logs()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests during reload: {errors:?}");
+    assert!(ok > 20, "the load loop barely ran: {ok}");
+
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-cc-relay-key-id"], "two");
+    let last = mock.requests().pop().unwrap();
+    assert_eq!(last.json()["model"], "m-mapped");
+    assert!(relay.logs().contains("keys +two"), "{}", relay.logs());
+    assert!(!relay.logs().contains("sk-two"), "a secret reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_on_sighup_keeps_the_old_one_serving() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    relay.rewrite_config(
+        "",
+        &provider(
+            &mock,
+            "      - name: one\n        key: sk-one\n        priority: 9\n",
+            "",
+        ),
+    );
+    relay.signal(Signal::SIGHUP);
+    assert!(
+        relay.wait_for_log("providers[0].keys[0].priority", Duration::from_secs(5)),
+        "the reload error does not name the field:\n{}",
+        relay.logs()
+    );
+    let health = get_json(&relay, "/health").await;
+    assert_eq!(health["config_generation"], 1);
+    assert!(health["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("priority"));
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-cc-relay-key-id"], "one");
+
+    // The client command refuses it too, naming the field, before signalling anything.
+    let out = reload_cli(&relay);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("providers[0].keys[0].priority"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_cooldown_survives_a_reload() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &provider(&mock, TWO_KEYS, ""));
+    mock.push_fault(
+        Some("sk-two"),
+        Fault::Status {
+            status: 429,
+            retry_after: Some("40".into()),
+        },
+    );
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-cc-relay-key-id"], "one");
+
+    let three = format!("{TWO_KEYS}      - name: three\n        key: sk-three\n");
+    relay.rewrite_config("", &provider(&mock, &three, ""));
+    let out = tokio::task::spawn_blocking({
+        let cfg = relay.config_path.clone();
+        move || {
+            std::process::Command::new(BIN)
+                .args(["reload", "--config"])
+                .arg(cfg)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = get_json(&relay, "/status").await;
+    let keys = status["providers"][0]["keys"].as_array().unwrap();
+    let two = keys.iter().find(|k| k["id"] == "two").unwrap();
+    let cooling = two["cooling_down_ms"]
+        .as_u64()
+        .expect("cooldown lost on reload");
+    assert!(cooling > 30_000, "cooling {cooling}");
+    assert_eq!(keys.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_under_load_loses_nothing_and_finishes_streams() {
+    let mock = start_mock().await;
+    let old = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    let load = Load::start(old.url("/v1/messages"), 4);
+
+    // A long stream begun on the old process: 16 events, 400 ms apart.
+    let stream = tokio::spawn({
+        let url = old.url("/v1/messages");
+        async move {
+            let resp = client()
+                .post(url)
+                .header("x-mock-events", "16")
+                .header("x-mock-event-interval-ms", "400")
+                .json(&message_body("m", true))
+                .send()
+                .await
+                .unwrap();
+            let mut body = resp.bytes_stream();
+            let mut text = String::new();
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            }
+            text
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut new = old.start_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sock.exists(),
+        "the new process never waited for the listeners"
+    );
+    old.signal(Signal::SIGQUIT);
+
+    let text = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the old process cut the stream")
+        .unwrap();
+    assert!(text.contains("message_stop"), "stream incomplete: {text}");
+    assert_eq!(text.matches("event: content_block_delta").count(), 16);
+
+    // The new process owns the port now: requests keep flowing while the old one drains.
+    assert!(
+        new.wait_for_log("listening", Duration::from_secs(10)),
+        "{}",
+        new.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests during the upgrade: {errors:?}");
+    assert!(ok > 20);
+
+    let mut old = old;
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the old process did not exit cleanly"
+    );
+    let resp = client()
+        .post(new.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let pid: u32 = std::fs::read_to_string(new.dir.path().join("relay.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        pid,
+        new.child.id(),
+        "the pid file does not name the new process"
+    );
+    new.signal(Signal::SIGINT);
+    assert!(new.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_stream_in_flight_then_exits_zero() {
+    let mock = start_mock().await;
+    let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .header("x-mock-events", "10")
+        .header("x-mock-event-interval-ms", "200")
+        .json(&message_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    relay.signal(Signal::SIGTERM);
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.contains("message_stop"), "the stream was cut: {text}");
+    assert_eq!(relay.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(!relay.dir.path().join("relay.pid").exists());
+}
