@@ -1,8 +1,11 @@
 //! Key pool hot paths: select + reserve (+ release) per strategy and pool size, single-threaded
 //! and contended, and learning one response's rate-limit headers.
 //!
-//! Baseline measured in the same run: the same acquire/release cycle on a `Mutex`-guarded
-//! least-loaded counter array, the obvious locked design, so results read as ratios.
+//! Baselines measured in the same run, so figures can be read as ratios: one `Instant::now()`
+//! (every acquisition reads the clock once), and the acquire/release cycle on a
+//! `Mutex`-guarded array of in-flight counters (least in flight wins). The latter does much
+//! less than the pool (no budgets, no learning), so it is a floor for a locked design, not a
+//! like-for-like rival; what it shows is how each behaves as threads contend.
 //!
 //! `cargo bench --bench pool` (add `-- --measurement-time 2 --warm-up-time 1` for a quick run).
 
@@ -51,7 +54,7 @@ fn acquire_release(pool: &KeyPool) {
     reservation.release();
 }
 
-/// The locked design this pool avoids: one mutex around per-key in-flight counters.
+/// A floor for a locked design: one mutex around per-key in-flight counters.
 struct LockedBaseline(Mutex<Vec<u64>>);
 
 impl LockedBaseline {
@@ -74,6 +77,7 @@ impl LockedBaseline {
 /// Select + reserve alone: reservations are dropped (released) in batches outside the timing.
 fn acquire_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("acquire");
+    group.bench_function("baseline_instant_now", |b| b.iter(Instant::now));
     for &keys in &SIZES {
         for strategy in STRATEGIES {
             let pool = pool(keys, strategy);

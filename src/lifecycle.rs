@@ -1,9 +1,14 @@
 //! Server lifecycle: building Pingora's server from our config, the in-process config reload on
 //! SIGHUP (Pingora has no hook for it), the pid file, and the `reload` client command.
 //!
-//! Signals: SIGHUP = reload the YAML (ours); SIGQUIT = hand the listeners to a process started
-//! with `serve --upgrade`, then drain (Pingora's); SIGTERM = stop accepting, drain within the
-//! grace period, exit 0 (Pingora's); SIGINT = exit now (Pingora's).
+//! Signals: SIGHUP = reload the YAML (ours); SIGUSR2 = upgrade in place: start the binary found
+//! at this process's path with `serve --upgrade`, then hand it the listeners (ours, built on
+//! Pingora's); SIGQUIT = hand the listeners to a process started with `serve --upgrade`, then
+//! drain (Pingora's); SIGTERM = stop accepting, drain within the grace period, exit 0
+//! (Pingora's); SIGINT = exit now (Pingora's).
+//!
+//! Under systemd (`Type=notify`, `NotifyAccess=all`) the relay reports `READY=1` with its pid, so
+//! the process an upgrade starts becomes the service's main process.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,6 +28,9 @@ use crate::proxy::{shared, Relay, RuntimeState, SharedState};
 /// How often host names of upstreams are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(60);
 
+/// How long an in-place upgrade waits for the new process to be ready for the listeners.
+const UPGRADE_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error("{0}")]
@@ -40,6 +48,8 @@ pub enum LifecycleError {
     },
     #[error("the relay did not confirm the reload within {0:?}; check its log")]
     ReloadUnconfirmed(Duration),
+    #[error("no new process took over within {0:?}; the old one keeps serving (see its log)")]
+    UpgradeUnconfirmed(Duration),
     #[error("the relay rejected the new config and keeps serving the old one:\n{0}")]
     ReloadRejected(String),
 }
@@ -90,6 +100,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     };
     let listen = cfg.server.listen;
     let pid_file = cfg.server.pid_file.clone();
+    let upgrade_sock = cfg.server.upgrade_sock.clone();
     let conf = server_conf(&cfg);
     let state = shared(RuntimeState::build(cfg, None));
 
@@ -113,6 +124,8 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
             state,
             config_path: reload_path,
             pid_file: pid_file.clone(),
+            upgrade_sock,
+            exe: own_executable(),
         },
     ));
     log::info!(
@@ -161,32 +174,52 @@ pub fn init_logging(logging: &config::LoggingConfig) {
     let _ = builder.try_init();
 }
 
-/// The background task of a running relay: pid file, SIGHUP reloads, DNS refresh.
+/// The path this process was started from. Not `/proc/self/exe`: after the binary is replaced
+/// on disk that names the deleted old file, and an upgrade must start the new one.
+fn own_executable() -> PathBuf {
+    let arg0 = PathBuf::from(std::env::args_os().next().unwrap_or_default());
+    if arg0.components().count() > 1 {
+        std::path::absolute(&arg0).unwrap_or(arg0)
+    } else {
+        // Started through $PATH: the running image's path is the best we know.
+        std::env::current_exe().unwrap_or(arg0)
+    }
+}
+
+/// The background task of a running relay: pid file, SIGHUP reloads, SIGUSR2 upgrades, DNS
+/// refresh.
 struct LifecycleTask {
     state: SharedState,
     config_path: Option<PathBuf>,
     pid_file: PathBuf,
+    upgrade_sock: PathBuf,
+    exe: PathBuf,
 }
 
 #[async_trait]
 impl BackgroundService for LifecycleTask {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot listen for SIGHUP, config reload is off: {e}");
+        let (mut hangup, mut usr2) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
+        ) {
+            (Ok(h), Ok(u)) => (h, u),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("cannot listen for SIGHUP/SIGUSR2, reload and upgrade are off: {e}");
                 return;
             }
         };
         if let Err(e) = write_pid_file(&self.pid_file) {
             log::warn!("{e}; `cc-relay reload` will not find this process");
         }
+        notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
         let mut dns = tokio::time::interval(DNS_REFRESH);
         dns.tick().await;
         loop {
             tokio::select! {
                 _ = hangup.recv() => self.reload().await,
+                _ = usr2.recv() => self.upgrade().await,
                 _ = dns.tick() => self.refresh_dns().await,
                 _ = shutdown.changed() => return,
             }
@@ -212,6 +245,51 @@ impl LifecycleTask {
             Err(e) => log::error!("config reload task failed: {e}"),
         }
         self.state.reload_attempts.fetch_add(1, Ordering::Release);
+    }
+
+    /// Start the binary at our own path with `serve --upgrade`; once it waits on the upgrade
+    /// socket, SIGQUIT ourselves so Pingora hands it the listeners and we drain.
+    async fn upgrade(&self) {
+        // A socket file left by an earlier upgrade would look like the new process waiting.
+        let _ = std::fs::remove_file(&self.upgrade_sock);
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("serve").arg("--upgrade");
+        if let Some(path) = &self.config_path {
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("upgrade: cannot start {}: {e}", self.exe.display());
+                return;
+            }
+        };
+        log::info!(
+            "upgrade: started {} (pid {}), waiting for it to take the listeners",
+            self.exe.display(),
+            child.id().unwrap_or(0)
+        );
+        let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
+        while !self.upgrade_sock.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                log::error!(
+                    "upgrade: the new process exited ({status}) before taking over; still serving"
+                );
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                log::error!("upgrade: the new process did not get ready in {UPGRADE_WAIT:?}; stopping it, still serving");
+                let _ = child.kill().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The new process outlives us: let it go rather than reap it.
+        drop(child);
+        use nix::sys::signal::{raise, Signal};
+        if let Err(e) = raise(Signal::SIGQUIT) {
+            log::error!("upgrade: cannot hand over the listeners: {e}");
+        }
     }
 
     async fn refresh_dns(&self) {
@@ -259,6 +337,28 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Tell systemd (when it started us with `Type=notify`) about our state. Silent otherwise.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    use std::os::unix::net::UnixDatagram;
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = socket.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)
+            }
+            None => sock.send_to(state.as_bytes(), &socket),
+        }
+    });
+    if let Err(e) = sent {
+        log::warn!("could not notify systemd: {e}");
+    }
 }
 
 fn write_pid_file(path: &Path) -> Result<(), LifecycleError> {
@@ -323,6 +423,36 @@ pub fn send_reload(config_path: &Path) -> Result<String, LifecycleError> {
         }
     }
     Err(LifecycleError::ReloadUnconfirmed(wait))
+}
+
+/// `cc-relay upgrade`: ask the running relay to start the binary now installed at its path and
+/// hand it the listeners (SIGUSR2); wait until the pid file names the new process and it answers.
+pub fn send_upgrade(config_path: &Path) -> Result<String, LifecycleError> {
+    let cfg = config::load_file(config_path)?;
+    let pid_file = &cfg.server.pid_file;
+    let old = read_pid(pid_file)?;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(old), Signal::SIGUSR2).map_err(|e| LifecycleError::NotRunning {
+        pid: old,
+        path: pid_file.clone(),
+        reason: e.to_string(),
+    })?;
+    let health_addr = loopback_of(cfg.server.listen);
+    let wait = UPGRADE_WAIT + Duration::from_secs(10);
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        match read_pid(pid_file) {
+            Ok(new) if new != old && health(health_addr).is_some() => {
+                return Ok(format!(
+                    "upgraded: pid {new} serves; pid {old} drains its requests and exits"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Err(LifecycleError::UpgradeUnconfirmed(wait))
 }
 
 fn loopback_of(listen: SocketAddr) -> SocketAddr {

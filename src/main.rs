@@ -40,6 +40,12 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Upgrade the running relay in place to the binary now at its path (SIGUSR2): the new
+    /// process takes the listeners, the old one finishes its requests and exits.
+    Upgrade {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -79,6 +85,13 @@ fn main() -> ExitCode {
             command: ConfigCommand::Init { output, force },
         } => init(&output, force),
         Command::Reload { config } => match lifecycle::send_reload(&config) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Upgrade { config } => match lifecycle::send_upgrade(&config) {
             Ok(message) => {
                 println!("{message}");
                 ExitCode::SUCCESS

@@ -355,3 +355,57 @@ async fn sigterm_drains_a_stream_in_flight_then_exits_zero() {
     assert_eq!(relay.wait_exit(Duration::from_secs(15)), Some(0));
     assert!(!relay.dir.path().join("relay.pid").exists());
 }
+
+/// Kills a process by pid when dropped (for processes the relay itself started).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_command_replaces_the_process_in_place() {
+    let mock = start_mock().await;
+    let mut old = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    let load = Load::start(old.url("/v1/messages"), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::task::spawn_blocking({
+        let cfg = old.config_path.clone();
+        move || {
+            std::process::Command::new(BIN)
+                .args(["upgrade", "--config"])
+                .arg(cfg)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let pid: i32 = std::fs::read_to_string(old.dir.path().join("relay.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _new = KillOnDrop(pid);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        old.logs()
+    );
+    assert_ne!(pid, old.child.id() as i32);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests during the upgrade: {errors:?}");
+    assert!(ok > 10);
+    assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
+    let resp = client()
+        .post(old.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the new process does not serve");
+}

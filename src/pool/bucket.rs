@@ -141,6 +141,8 @@ impl Bucket {
     /// Reserve `tokens` (capped at the limit) if they fit now.
     #[inline]
     pub fn reserve(&self, tokens: u64, now: u64) -> Option<Charge> {
+        // Read before the CAS: should a sync land in between, the charge counts as already
+        // synced and is never refunded, which errs toward less budget, not more.
         let epoch = if self.counted_on_arrival {
             self.epoch.load(Relaxed)
         } else {

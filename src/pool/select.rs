@@ -31,6 +31,8 @@ const ALL_DISABLED_RETRY: Duration = Duration::from_secs(60);
 const MIN_RETRY: Duration = Duration::from_millis(1);
 /// Priority tiers, highest first.
 const TIERS: usize = 3;
+/// Random draws before the random strategies fall back to a full pass.
+const DRAWS: usize = 4;
 
 pub struct KeyPool {
     keys: Vec<Arc<KeyState>>,
@@ -38,6 +40,8 @@ pub struct KeyPool {
     /// per key instead of two.
     cores: Vec<Arc<KeyCore>>,
     weights: Vec<f64>,
+    /// Running sum of weights along `order`, restarting at each tier.
+    cumulative_weights: Vec<f64>,
     strategy: Strategy,
     /// Key indexes ordered by priority, highest first (stable within a priority).
     order: Vec<usize>,
@@ -112,7 +116,16 @@ impl KeyPool {
             let end = order.partition_point(|&i| keys[i].priority() >= priority);
             *tier = (start, end);
         }
+        let mut cumulative_weights = Vec::with_capacity(order.len());
+        for &(start, end) in &tiers {
+            let mut sum = 0.0;
+            for &i in &order[start..end] {
+                sum += keys[i].weight();
+                cumulative_weights.push(sum);
+            }
+        }
         KeyPool {
+            cumulative_weights,
             cores: keys.iter().map(|key| key.core.clone()).collect(),
             weights: keys.iter().map(|key| key.weight()).collect(),
             keys,
@@ -218,6 +231,9 @@ impl KeyPool {
     /// The strategy's choice among `members` that pass `check`.
     #[inline(always)]
     fn choose(&self, tier: usize, members: &[usize], check: &Check) -> Option<usize> {
+        if members.is_empty() {
+            return None;
+        }
         match self.strategy {
             Strategy::RoundRobin => rotated(members, &self.cursors[tier])
                 .copied()
@@ -246,13 +262,22 @@ impl KeyPool {
                 best
             }
             Strategy::Random => {
-                // Reservoir sampling: uniform over the qualifying keys in one pass.
+                let mut rng = fastrand::Rng::new();
+                // Draw, and redraw on a key that does not qualify: uniform over the qualifying
+                // keys, in O(1) while most of them qualify.
+                for _ in 0..DRAWS {
+                    let i = members[rng.usize(..members.len())];
+                    if self.load(i, check).is_some() {
+                        return Some(i);
+                    }
+                }
+                // Most do not: reservoir sampling over one pass, uniform as well.
                 let mut seen = 0;
                 let mut chosen = None;
                 for &i in members {
                     if self.load(i, check).is_some() {
                         seen += 1;
-                        if fastrand::usize(..seen) == 0 {
+                        if rng.usize(..seen) == 0 {
                             chosen = Some(i);
                         }
                     }
@@ -260,6 +285,23 @@ impl KeyPool {
                 chosen
             }
             Strategy::Weighted => {
+                let mut rng = fastrand::Rng::new();
+                // As for random, drawing in proportion to weight from the tier's cumulative
+                // weights (binary search). Weight-0 keys have empty intervals: never drawn.
+                let (start, end) = self.tiers[tier];
+                let cumulative = &self.cumulative_weights[start..end];
+                let total = cumulative[cumulative.len() - 1];
+                if total > 0.0 {
+                    for _ in 0..DRAWS {
+                        let r = rng.f64() * total;
+                        let Some(&i) = members.get(cumulative.partition_point(|&c| c <= r)) else {
+                            continue;
+                        };
+                        if self.load(i, check).is_some() {
+                            return Some(i);
+                        }
+                    }
+                }
                 // Weighted reservoir sampling (Chao): key i is kept with probability w_i / W so
                 // far, which leaves each qualifying key chosen with probability w_i / W in
                 // total. Weight-0 keys are a uniform fallback for when no qualifying key has
@@ -275,12 +317,12 @@ impl KeyPool {
                     let weight = self.weights[i];
                     if weight > 0.0 {
                         total += weight;
-                        if fastrand::f64() * total < weight {
+                        if rng.f64() * total < weight {
                             weighted = Some(i);
                         }
                     } else {
                         zero_seen += 1;
-                        if fastrand::usize(..zero_seen) == 0 {
+                        if rng.usize(..zero_seen) == 0 {
                             zero = Some(i);
                         }
                     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::{
     any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig,
 };
+use proptest::test_runner::TestCaseError;
 
 use super::super::Reservation;
 use super::*;
@@ -25,36 +26,53 @@ fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Each capable key is chosen in proportion to its weight; weight 0 never, unless all are 0.
+    /// Each capable key is chosen in proportion to its weight; weight 0 never, unless all
+    /// capable keys are 0; keys that cannot take the request (here: cooling down) never.
     #[test]
-    fn weighted_selection_follows_the_weights(weights in prop::collection::vec(0u32..=10, 2..=5)) {
+    fn weighted_selection_follows_the_weights(
+        keys in prop::collection::vec((0u32..=10, prop::bool::weighted(0.3)), 2..=6),
+    ) {
         let t0 = Instant::now();
-        let specs = weights
+        let specs = keys
             .iter()
             .enumerate()
-            .map(|(i, &w)| with_weight(spec(&format!("k{i}"), 0, 0, 0), f64::from(w)))
+            .map(|(i, &(w, _))| with_weight(spec(&format!("k{i}"), 0, 0, 0), f64::from(w)))
             .collect();
         let pool = pool(specs, Strategy::Weighted);
-        const N: usize = 40_000;
-        let mut counts = vec![0usize; weights.len()];
-        for _ in 0..N {
-            let r = pool.acquire_at(&demand(10, 0), &[], t0).unwrap();
-            counts[r.index()] += 1;
-        }
-        let total: u32 = weights.iter().sum();
-        for (i, &w) in weights.iter().enumerate() {
-            let expected = if total == 0 {
-                1.0 / weights.len() as f64
-            } else {
-                f64::from(w) / f64::from(total)
-            };
-            let observed = counts[i] as f64 / N as f64;
-            if expected == 0.0 {
-                prop_assert_eq!(counts[i], 0);
+        for (key, &(_, cooling)) in pool.keys().iter().zip(&keys) {
+            if cooling {
+                key.cool_down_at(Some(Duration::from_secs(60)), t0);
             }
-            // 8 standard deviations at worst (p = 0.5): no false alarms in practice.
-            prop_assert!((observed - expected).abs() < 0.02, "key {} weight {}: {} vs {}", i, w, observed, expected);
         }
+        let capable: Vec<u32> = keys.iter().map(|&(w, cooling)| if cooling { 0 } else { w }).collect();
+        let capable_count = keys.iter().filter(|&&(_, cooling)| !cooling).count();
+        let total: u32 = capable.iter().sum();
+        let expected = |i: usize| match (keys[i].1, total) {
+            (true, _) => 0.0,
+            (false, 0) => 1.0 / capable_count as f64,
+            (false, _) => f64::from(capable[i]) / f64::from(total),
+        };
+        check_proportions(&pool, keys.len(), capable_count, expected, t0)?;
+    }
+
+    /// The random strategy is uniform over the keys that can take the request.
+    #[test]
+    fn random_selection_is_uniform_over_capable_keys(
+        cooling in prop::collection::vec(prop::bool::weighted(0.5), 2..=12),
+    ) {
+        let t0 = Instant::now();
+        let pool = pool(
+            (0..cooling.len()).map(|i| spec(&format!("k{i}"), 0, 0, 0)).collect(),
+            Strategy::Random,
+        );
+        for (key, &cooling) in pool.keys().iter().zip(&cooling) {
+            if cooling {
+                key.cool_down_at(Some(Duration::from_secs(60)), t0);
+            }
+        }
+        let capable_count = cooling.iter().filter(|&&c| !c).count();
+        let expected = |i: usize| if cooling[i] { 0.0 } else { 1.0 / capable_count as f64 };
+        check_proportions(&pool, cooling.len(), capable_count, expected, t0)?;
     }
 
     /// 8 threads acquire, settle, release and drop at once on a small pool with the clock held
@@ -77,6 +95,40 @@ proptest! {
     ) {
         within(Duration::from_secs(60), move || hammer(seed, strategy));
     }
+}
+
+/// Acquire (and release) many times; each key's share must match `expected` within 0.02
+/// (8 standard deviations at worst: no false alarms in practice), exactly 0 where expected 0.
+fn check_proportions(
+    pool: &KeyPool,
+    keys: usize,
+    capable: usize,
+    expected: impl Fn(usize) -> f64,
+    t0: Instant,
+) -> Result<(), TestCaseError> {
+    const N: usize = 40_000;
+    if capable == 0 {
+        prop_assert!(pool.acquire_at(&demand(10, 0), &[], t0).is_err());
+        return Ok(());
+    }
+    let mut counts = vec![0usize; keys];
+    for _ in 0..N {
+        counts[pool.acquire_at(&demand(10, 0), &[], t0).unwrap().index()] += 1;
+    }
+    for (i, &count) in counts.iter().enumerate() {
+        let observed = count as f64 / N as f64;
+        if expected(i) == 0.0 {
+            prop_assert_eq!(count, 0, "key {} should never be chosen", i);
+        }
+        prop_assert!(
+            (observed - expected(i)).abs() < 0.02,
+            "key {}: {} vs {}",
+            i,
+            observed,
+            expected(i)
+        );
+    }
+    Ok(())
 }
 
 /// Limits dividing a minute exactly, so token costs are whole nanoseconds.
