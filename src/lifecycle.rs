@@ -25,6 +25,14 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::config::{self, Config, ConfigError, ConfigSource};
 use crate::proxy::{shared, Relay, RuntimeState, SharedState};
 
+/// Pingora crates whose debug output includes raw request headers.
+const PINGORA_MODULES: &[&str] = &[
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_pool",
+    "pingora_http",
+];
+
 /// How often host names of upstreams are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -151,9 +159,20 @@ fn ignore_sighup() {
 pub fn init_logging(logging: &config::LoggingConfig) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&logging.level);
-    if let Ok(filters) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&filters);
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    // Pingora's debug logs print whole upstream request headers, the injected API key
+    // included: cap them at info unless RUST_LOG names a pingora module on purpose.
+    if !rust_log.contains("pingora") {
+        let cap = logging
+            .level
+            .parse::<log::LevelFilter>()
+            .unwrap_or(log::LevelFilter::Info)
+            .min(log::LevelFilter::Info);
+        for module in PINGORA_MODULES {
+            builder.filter_module(module, cap);
+        }
     }
+    builder.parse_filters(&rust_log);
     builder.target(if logging.output == "stdout" {
         env_logger::Target::Stdout
     } else {

@@ -489,3 +489,44 @@ fn config_init_writes_a_config_that_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn debug_logging_never_prints_a_key() {
+    let mock = start_mock().await;
+    let body = format!("{}logging:\n  level: debug\n", single_key(&mock, ""));
+    let relay = RelayProcess::start_with_log("", &body, "debug");
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .header("x-api-key", "client-secret-key")
+        .json(&message_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    mock.push_fault(
+        None,
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+        },
+    );
+    let refused = client()
+        .post(relay.url("/v1/messages"))
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(relay.wait_for_log("disabled", Duration::from_secs(3)));
+    let logs = relay.logs();
+    assert!(logs.contains("DEBUG"), "debug logging is not on");
+    assert!(
+        !logs.contains("sk-upstream-1"),
+        "the upstream key reached the log"
+    );
+    assert!(
+        !logs.contains("client-secret-key"),
+        "a client key reached the log"
+    );
+}

@@ -625,6 +625,22 @@ impl ProxyHttp for Relay {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        // A local 429 from an exhausted pool is an answer, not a failure; it is logged at debug.
+        matches!(error.etype(), ErrorType::HTTPStatus(429))
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Status-driven retries are the relay's own, already logged with the key's id.
+        matches!(error.etype(), ErrorType::HTTPStatus(_))
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.replay_installed && BodyReplaySession::restore(session) && e.is_some() {
             session.set_keepalive(None);

@@ -68,12 +68,17 @@ impl RelayProcess {
     /// Start a relay with `body` (everything after the `server:` block) and wait until it
     /// answers `/health`.
     pub fn start(server_extra: &str, body: &str) -> RelayProcess {
+        Self::start_with_log(server_extra, body, "info,cc_relay=debug")
+    }
+
+    /// [`Self::start`] with the given `RUST_LOG`.
+    pub fn start_with_log(server_extra: &str, body: &str, rust_log: &str) -> RelayProcess {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let port = free_port();
         let yaml = format!("{}{body}", server_block(port, dir.path(), server_extra));
         let config_path = dir.path().join("cc-relay.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        Self::spawn(dir, config_path, port, false)
+        Self::spawn(dir, config_path, port, false, rust_log)
     }
 
     /// Start another process on the same config (and so the same port, pid file and upgrade
@@ -84,16 +89,23 @@ impl RelayProcess {
             self.config_path.clone(),
             self.addr.port(),
             true,
+            "info,cc_relay=debug",
         )
     }
 
-    fn spawn(dir: Arc<tempfile::TempDir>, config_path: PathBuf, port: u16, upgrade: bool) -> Self {
+    fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        config_path: PathBuf,
+        port: u16,
+        upgrade: bool,
+        rust_log: &str,
+    ) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg("--config").arg(&config_path);
         if upgrade {
             cmd.arg("--upgrade");
         }
-        cmd.env("RUST_LOG", "info,cc_relay=debug")
+        cmd.env("RUST_LOG", rust_log)
             .env_remove("ANTHROPIC_API_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
