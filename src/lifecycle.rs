@@ -219,13 +219,18 @@ struct LifecycleTask {
 impl BackgroundService for LifecycleTask {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        let (mut hangup, mut usr2) = match (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::user_defined2()),
-        ) {
-            (Ok(h), Ok(u)) => (h, u),
-            (Err(e), _) | (_, Err(e)) => {
-                log::error!("cannot listen for SIGHUP/SIGUSR2, reload and upgrade are off: {e}");
+        let signals = (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined2())?,
+                signal(SignalKind::quit())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })();
+        let (mut hangup, mut usr2, mut quit, mut term) = match signals {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for signals, reload and upgrade are off: {e}");
                 return;
             }
         };
@@ -239,6 +244,9 @@ impl BackgroundService for LifecycleTask {
             tokio::select! {
                 _ = hangup.recv() => self.reload().await,
                 _ = usr2.recv() => self.upgrade().await,
+                // Pingora acts on these too; we only stop keeping connections alive.
+                _ = quit.recv() => self.state.draining.store(true, Ordering::Relaxed),
+                _ = term.recv() => self.state.draining.store(true, Ordering::Relaxed),
                 _ = dns.tick() => self.refresh_dns().await,
                 _ = shutdown.changed() => return,
             }

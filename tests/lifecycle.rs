@@ -103,14 +103,6 @@ async fn get_json(relay: &RelayProcess, path: &str) -> Value {
         .unwrap()
 }
 
-fn reload_cli(relay: &RelayProcess) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .args(["reload", "--config"])
-        .arg(&relay.config_path)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_adds_a_key_and_a_mapping_without_a_failed_request() {
     let mock = start_mock().await;
@@ -122,18 +114,7 @@ async fn reload_under_load_adds_a_key_and_a_mapping_without_a_failed_request() {
         "",
         &provider(&mock, TWO_KEYS, "    model_mapping:\n      m: m-mapped\n"),
     );
-    let out = tokio::task::spawn_blocking({
-        let relay_cfg = relay.config_path.clone();
-        move || {
-            std::process::Command::new(BIN)
-                .args(["reload", "--config"])
-                .arg(relay_cfg)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = run_cli("reload", &relay.config_path).await;
     assert!(
         out.status.success(),
         "reload failed: {}\n{}",
@@ -146,12 +127,7 @@ async fn reload_under_load_adds_a_key_and_a_mapping_without_a_failed_request() {
     assert_eq!(failed, 0, "failed requests during reload: {errors:?}");
     assert!(ok > 20, "the load loop barely ran: {ok}");
 
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(resp.headers()["x-cc-relay-key-id"], "two");
     let last = mock.requests().pop().unwrap();
     assert_eq!(last.json()["model"], "m-mapped");
@@ -183,17 +159,12 @@ async fn invalid_config_on_sighup_keeps_the_old_one_serving() {
         .as_str()
         .unwrap()
         .contains("priority"));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-cc-relay-key-id"], "one");
 
     // The client command refuses it too, naming the field, before signalling anything.
-    let out = reload_cli(&relay);
+    let out = run_cli("reload", &relay.config_path).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers[0].keys[0].priority"));
 }
@@ -209,29 +180,13 @@ async fn learned_cooldown_survives_a_reload() {
             retry_after: Some("40".into()),
         },
     );
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-cc-relay-key-id"], "one");
 
     let three = format!("{TWO_KEYS}      - name: three\n        key: sk-three\n");
     relay.rewrite_config("", &provider(&mock, &three, ""));
-    let out = tokio::task::spawn_blocking({
-        let cfg = relay.config_path.clone();
-        move || {
-            std::process::Command::new(BIN)
-                .args(["reload", "--config"])
-                .arg(cfg)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = run_cli("reload", &relay.config_path).await;
     assert!(
         out.status.success(),
         "{}",
@@ -311,12 +266,7 @@ async fn binary_upgrade_under_load_loses_nothing_and_finishes_streams() {
         Some(0),
         "the old process did not exit cleanly"
     );
-    let resp = client()
-        .post(new.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&new, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200);
     let pid: u32 = std::fs::read_to_string(new.dir.path().join("relay.pid"))
         .unwrap()
@@ -336,14 +286,12 @@ async fn binary_upgrade_under_load_loses_nothing_and_finishes_streams() {
 async fn sigterm_drains_a_stream_in_flight_then_exits_zero() {
     let mock = start_mock().await;
     let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("x-mock-events", "10")
-        .header("x-mock-event-interval-ms", "200")
-        .json(&message_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("m", true),
+        &[("x-mock-events", "10"), ("x-mock-event-interval-ms", "200")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     relay.signal(Signal::SIGTERM);
     let mut body = resp.bytes_stream();
@@ -371,18 +319,7 @@ async fn upgrade_command_replaces_the_process_in_place() {
     let mut old = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
     let load = Load::start(old.url("/v1/messages"), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let out = tokio::task::spawn_blocking({
-        let cfg = old.config_path.clone();
-        move || {
-            std::process::Command::new(BIN)
-                .args(["upgrade", "--config"])
-                .arg(cfg)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = run_cli("upgrade", &old.config_path).await;
     let pid: i32 = std::fs::read_to_string(old.dir.path().join("relay.pid"))
         .unwrap()
         .trim()
@@ -401,11 +338,6 @@ async fn upgrade_command_replaces_the_process_in_place() {
     assert_eq!(failed, 0, "failed requests during the upgrade: {errors:?}");
     assert!(ok > 10);
     assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
-    let resp = client()
-        .post(old.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&old, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200, "the new process does not serve");
 }

@@ -35,11 +35,7 @@ struct Sent {
 }
 
 async fn send(relay: &RelayProcess, body: &Value, headers: &[(&str, &str)]) -> Sent {
-    let mut req = client().post(relay.url("/v1/messages")).json(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
+    let resp = post_messages(relay, body, headers).await;
     let status = resp.status().as_u16();
     let h = |name: &str| {
         resp.headers()
@@ -235,12 +231,7 @@ async fn streaming_request_retries_on_529_before_any_byte() {
             retry_after: None,
         },
     );
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", true), &[]).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("message_stop"));
@@ -317,13 +308,12 @@ async fn streamed_usage_settles_output_tokens() {
     let mock = start_mock().await;
     let keys = [("only", "sk-only", "otpm_limit: 10000\nitpm_limit: 1000000")];
     let relay = RelayProcess::start("", &pool_config(&mock, &keys, ""));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("x-mock-output-tokens", "3000")
-        .json(&message_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("m", true),
+        &[("x-mock-output-tokens", "3000")],
+    )
+    .await;
     let mut stream = resp.bytes_stream();
     while stream.next().await.is_some() {}
     // Settlement happens as the response ends; give the relay a moment to finish it.

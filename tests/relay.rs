@@ -62,14 +62,12 @@ async fn json_round_trip_injects_the_key_and_strips_client_credentials() {
 async fn streaming_is_relayed_event_by_event() {
     let mock = start_mock().await;
     let relay = RelayProcess::start("", &single_key(&mock, ""));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("x-mock-events", "6")
-        .header("x-mock-event-interval-ms", "300")
-        .json(&message_body("claude-sonnet-4-5", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("claude-sonnet-4-5", true),
+        &[("x-mock-events", "6"), ("x-mock-event-interval-ms", "300")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -109,12 +107,7 @@ async fn model_mapping_rewrites_the_body_with_a_correct_length() {
     // A body over 64 KiB, past Pingora's own retry buffer.
     let mut body = message_body("claude-sonnet-4-5", false);
     body["system"] = json!("x".repeat(100_000));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &body, &[]).await;
     assert_eq!(resp.status(), 200);
     let got: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -139,13 +132,12 @@ async fn passthrough_forwards_client_credentials_unchanged() {
     let mock = start_mock().await;
     let body = format!("providers:\n{}", mock_provider("anthropic", &mock, &[], ""));
     let relay = RelayProcess::start("", &body);
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("authorization", "Bearer sk-ant-oat-subscription")
-        .json(&message_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("claude-sonnet-4-5", false),
+        &[("authorization", "Bearer sk-ant-oat-subscription")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let r = &mock.requests()[0];
     assert_eq!(
@@ -259,12 +251,7 @@ async fn unreachable_upstream_is_502() {
         "providers:\n  - name: gone\n    type: anthropic\n    base_url: \"http://127.0.0.1:{port}\"\n    keys:\n      - key: sk-1\n"
     );
     let relay = RelayProcess::start("", &body);
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(error_type(&resp.json().await.unwrap()), "api_error");
 }
@@ -273,13 +260,12 @@ async fn unreachable_upstream_is_502() {
 async fn silent_upstream_is_504() {
     let mock = start_mock().await;
     let relay = RelayProcess::start("  timeout_ms: 500\n", &single_key(&mock, ""));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("x-mock-latency-ms", "3000")
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("m", false),
+        &[("x-mock-latency-ms", "3000")],
+    )
+    .await;
     assert_eq!(resp.status(), 504);
     assert_eq!(error_type(&resp.json().await.unwrap()), "api_error");
 }
@@ -322,12 +308,7 @@ async fn upstream_drop_mid_stream_ends_the_client_stream() {
     let mock = start_mock().await;
     let relay = RelayProcess::start("", &single_key(&mock, ""));
     mock.push_fault(None, Fault::DropAfterEvents(3));
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&relay, &message_body("m", true), &[]).await;
     assert_eq!(resp.status(), 200);
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut text = String::new();
@@ -421,22 +402,28 @@ async fn keepalive_connections_serve_many_requests() {
     assert_eq!(mock.request_count(), 20);
 }
 
-#[test]
-fn config_validate_names_the_path_of_a_bad_value() {
+/// `cc-relay config validate` on `yaml`: (success, stderr).
+fn validate(yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "providers:\n  - name: a\n    type: anthropic\n    keys:\n      - key: k1\n      - key: k2\n        priority: 7\n",
-    )
-    .unwrap();
+    let path = dir.path().join("cc-relay.yaml");
+    std::fs::write(&path, yaml).unwrap();
     let out = std::process::Command::new(BIN)
         .args(["config", "validate", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_validate_names_the_path_of_a_bad_value() {
+    let (ok, stderr) = validate(
+        "providers:\n  - name: a\n    type: anthropic\n    keys:\n      - key: k1\n      - key: k2\n        priority: 7\n",
+    );
+    assert!(!ok);
     assert!(
         stderr.contains("providers[0].keys[1].priority"),
         "stderr: {stderr}"
@@ -446,18 +433,10 @@ fn config_validate_names_the_path_of_a_bad_value() {
         "a key leaked into the error: {stderr}"
     );
 
-    std::fs::write(
-        &path,
+    let (ok, stderr) = validate(
         "providers:\n  - name: a\n    type: anthropic\n    keys:\n      - key: k1\n        rpm_limt: 5\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["config", "validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert!(!ok);
     assert!(stderr.contains("rpm_limt"), "stderr: {stderr}");
 }
 
@@ -495,13 +474,12 @@ async fn debug_logging_never_prints_a_key() {
     let mock = start_mock().await;
     let body = format!("{}logging:\n  level: debug\n", single_key(&mock, ""));
     let relay = RelayProcess::start_with_log("", &body, "debug");
-    let resp = client()
-        .post(relay.url("/v1/messages"))
-        .header("x-api-key", "client-secret-key")
-        .json(&message_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(
+        &relay,
+        &message_body("m", true),
+        &[("x-api-key", "client-secret-key")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     mock.push_fault(
@@ -511,12 +489,7 @@ async fn debug_logging_never_prints_a_key() {
             retry_after: None,
         },
     );
-    let refused = client()
-        .post(relay.url("/v1/messages"))
-        .json(&message_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let refused = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(refused.status(), 401);
     assert!(relay.wait_for_log("disabled", Duration::from_secs(3)));
     let logs = relay.logs();

@@ -216,6 +216,13 @@ impl ProxyHttp for Relay {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let state = self.shared.current.load_full();
         ctx.request_id = new_request_id();
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            session.set_keepalive(None);
+        }
         let route = {
             let req = session.req_header();
             Route::of(&req.method, req.uri.path())

@@ -3,7 +3,7 @@
 //! flight keep the `Arc` they started with.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -156,6 +156,11 @@ pub struct Shared {
     pub last_reload_error: ArcSwapOption<String>,
     /// Every reload attempt, successful or not, so a client can tell its own one finished.
     pub reload_attempts: AtomicU64,
+    /// Set when the process got SIGQUIT or SIGTERM: it is handing over or stopping, so every
+    /// response from now on closes its connection. Clients then move to the new process while
+    /// this one still serves, instead of racing an idle keep-alive connection that Pingora
+    /// drops when the drain begins.
+    pub draining: AtomicBool,
 }
 
 pub type SharedState = Arc<Shared>;
@@ -165,5 +170,6 @@ pub fn shared(state: RuntimeState) -> SharedState {
         current: ArcSwap::from_pointee(state),
         last_reload_error: ArcSwapOption::empty(),
         reload_attempts: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
     })
 }

@@ -221,3 +221,30 @@ pub fn error_type(body: &serde_json::Value) -> &str {
     assert_eq!(body["type"], "error", "not an Anthropic error: {body}");
     body["error"]["type"].as_str().unwrap()
 }
+
+/// `POST /v1/messages` on `relay` with `body` and extra headers.
+pub async fn post_messages(
+    relay: &RelayProcess,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = client().post(relay.url("/v1/messages")).json(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
+/// `cc-relay <command> --config <config>`, run off the async runtime.
+pub async fn run_cli(command: &'static str, config: &Path) -> std::process::Output {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([command, "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
