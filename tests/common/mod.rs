@@ -73,12 +73,17 @@ impl RelayProcess {
 
     /// [`Self::start`] with the given `RUST_LOG`.
     pub fn start_with_log(server_extra: &str, body: &str, rust_log: &str) -> RelayProcess {
+        Self::start_with_env(server_extra, body, &[("RUST_LOG", rust_log)])
+    }
+
+    /// [`Self::start`] with extra environment variables for the relay.
+    pub fn start_with_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> RelayProcess {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let port = free_port();
         let yaml = format!("{}{body}", server_block(port, dir.path(), server_extra));
         let config_path = dir.path().join("cc-relay.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        Self::spawn(dir, config_path, port, false, rust_log)
+        Self::spawn(dir, config_path, port, false, env)
     }
 
     /// Start another process on the same config (and so the same port, pid file and upgrade
@@ -89,7 +94,7 @@ impl RelayProcess {
             self.config_path.clone(),
             self.addr.port(),
             true,
-            "info,cc_relay=debug",
+            &[],
         )
     }
 
@@ -98,14 +103,15 @@ impl RelayProcess {
         config_path: PathBuf,
         port: u16,
         upgrade: bool,
-        rust_log: &str,
+        env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg("--config").arg(&config_path);
         if upgrade {
             cmd.arg("--upgrade");
         }
-        cmd.env("RUST_LOG", rust_log)
+        cmd.env("RUST_LOG", "info,cc_relay=debug")
+            .envs(env.iter().copied())
             .env_remove("ANTHROPIC_API_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
