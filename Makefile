@@ -17,14 +17,14 @@ deps-build:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 	@command -v cc >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get install -y -qq build-essential >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq build-essential >/dev/null; }
 
 # The end-to-end SDK test drives the relay with the official Anthropic Python SDK; the TLS test
 # makes its certificates with the openssl CLI.
 deps-test:
 	@command -v openssl >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get install -y -qq openssl >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl >/dev/null; }
 	@$(PYTHON) -c "import anthropic" 2>/dev/null || { \
 		echo "installing the anthropic Python SDK (for the SDK end-to-end test)"; \
 		$(PYTHON) -m pip install -q anthropic || $(PYTHON) -m pip install -q --break-system-packages anthropic; }
