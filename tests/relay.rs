@@ -503,3 +503,27 @@ async fn debug_logging_never_prints_a_key() {
         "a client key reached the log"
     );
 }
+
+#[tokio::test]
+async fn base_url_path_prefix_is_joined_with_the_request_path() {
+    let mock = start_mock().await;
+    let body = format!(
+        "providers:\n  - name: zai-like\n    type: zai\n    base_url: \"{}/api/anthropic/\"\n    keys:\n      - key: sk-z\n",
+        mock.base_url()
+    );
+    let relay = RelayProcess::start("", &body);
+    // The mock serves /v1/* only, so it answers 404 here; what matters is the path it saw.
+    let resp = client()
+        .post(relay.url("/v1/messages?beta=true"))
+        .json(&message_body("glm", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let seen = mock.requests();
+    assert_eq!(
+        seen[0].path_and_query,
+        "/api/anthropic/v1/messages?beta=true"
+    );
+    assert_eq!(seen[0].header("x-api-key"), Some("sk-z"));
+}
