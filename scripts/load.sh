@@ -41,7 +41,7 @@ MOCK_THREADS=${MOCK_THREADS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 LATENCY_MS=${LATENCY_MS:-0}
 EVENTS=${EVENTS:-5}
-SCENARIOS=${SCENARIOS:-"json-2k sse-2k sse-76k paced-json paced-sse"}
+SCENARIOS=${SCENARIOS-"json-2k sse-2k sse-76k paced-json paced-sse"}
 MEM=${MEM:-1}
 MEM_STREAMS=${MEM_STREAMS:-1000}
 MEM_DURATION=${MEM_DURATION:-15}
@@ -89,13 +89,19 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # Processes: everything this script starts is stopped on exit.
 DIR=$(mktemp -d /tmp/cc-relay-load.XXXXXX)
 PIDS=()
+# Wait for a child to exit, at most 10 s, then kill it.
+reap() {
+  local pid=$1 watchdog
+  (sleep 10 && kill -9 "$pid" 2>/dev/null) &
+  watchdog=$!
+  wait "$pid" 2>/dev/null || true
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+}
 cleanup() {
   local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do reap "$p"; done
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -141,11 +147,18 @@ providers:
 logging:
   level: warn
 YAML
-env -u RUST_LOG -u ANTHROPIC_API_KEY "$RELAY_BIN" serve --config "$DIR/relay.yaml" \
-  >"$DIR/relay.log" 2>&1 &
-RELAY_PID=$!
-PIDS+=("$RELAY_PID")
-wait_port "$RELAY_PORT" || die "relay did not start: $(cat "$DIR/relay.log")"
+start_relay() {
+  env -u RUST_LOG -u ANTHROPIC_API_KEY "$RELAY_BIN" serve --config "$DIR/relay.yaml" \
+    >>"$DIR/relay.log" 2>&1 &
+  RELAY_PID=$!
+  PIDS+=("$RELAY_PID")
+  wait_port "$RELAY_PORT" || die "relay did not start: $(cat "$DIR/relay.log")"
+}
+stop_relay() {
+  kill -TERM "$RELAY_PID" 2>/dev/null || true
+  reap "$RELAY_PID"
+}
+start_relay
 
 mkdir -p "$DIR/nginx"
 cat >"$DIR/nginx/nginx.conf" <<NGINX
@@ -266,6 +279,7 @@ url_of() {
 
 mkdir -p "$OUT"
 TS=$(date -u +%Y%m%dT%H%M%SZ)
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 RUNS=$DIR/runs.jsonl
 : >"$RUNS"
 
@@ -334,6 +348,12 @@ for entry in "${PLAN[@]}"; do
 done
 
 if [ "$MEM" = 1 ]; then
+  # A fresh relay process: its peak RSS is then what these streams cost, not what earlier
+  # scenarios left in the allocator.
+  kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -20 "$DIR/relay.log")"
+  stop_relay
+  start_relay
+  RELAY_IDLE_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$RELAY_PID/status")
   # Streams of MEM_DURATION x 2/3 s (events x interval), so every connection holds one open
   # stream for most of the run.
   mem_events=$((MEM_DURATION * 1000 * 2 / 3 / MEM_INTERVAL_MS))
@@ -353,10 +373,12 @@ kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -
 # wrk cuts the responses in flight when a run ends: Pingora logs each as "Downstream
 # ConnectionClosed" at ERROR. Anything else is worth a look.
 RELAY_LOG_ERRORS=$(grep -c ' ERROR ' "$DIR/relay.log" || true)
-RELAY_LOG_OTHER=$(grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -vc 'Downstream ConnectionClosed' || true)
+RELAY_LOG_OTHER=$(grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -vc 'Fail to proxy: Downstream' || true)
 log "relay log: $RELAY_LOG_ERRORS ERROR lines, $RELAY_LOG_OTHER not from clients closing at the end of a run"
+mkdir -p "$OUT"
+grep -v 'Fail to proxy: Downstream' "$DIR/relay.log" | head -200 >"$OUT/load-$TS.relay-log.txt" || true
 if [ "$RELAY_LOG_OTHER" != 0 ]; then
-  grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -v 'Downstream ConnectionClosed' | tail -5 >&2
+  grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -v 'Fail to proxy: Downstream' | tail -5 >&2
 fi
 
 cat >"$DIR/meta.json" <<JSON
@@ -364,7 +386,8 @@ cat >"$DIR/meta.json" <<JSON
  "rate":$RATE,"pace_conns":$PACE_CONNS,"pace_ms":$PACE_MS,"threads":$THREADS,
  "mock_threads":$MOCK_THREADS,"wrk_threads":$WRK_THREADS,"latency_ms":$LATENCY_MS,"events":$EVENTS,
  "mem_streams":$MEM_STREAMS,"clk_tck":$CLK_TCK,"nproc":$(nproc),
- "relay_bin":"$RELAY_BIN","relay_log_errors":$RELAY_LOG_ERRORS,"relay_log_other":$RELAY_LOG_OTHER,
+ "relay_bin":"$RELAY_BIN","relay_idle_rss_kb":${RELAY_IDLE_KB:-null},
+ "loadavg_start":"$LOADAVG_START","loadavg_end":"$(cut -d' ' -f1-3 /proc/loadavg)","relay_log_errors":$RELAY_LOG_ERRORS,"relay_log_other":$RELAY_LOG_OTHER,
  "cpu_model":"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
  "kernel":"$(uname -r)","wrk":"$(wrk --version 2>&1 | head -1 | cut -d' ' -f2)",
  "nginx":"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')",

@@ -36,6 +36,9 @@ const PINGORA_MODULES: &[&str] = &[
 /// How often host names of upstreams are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(60);
 
+/// How often a host that has no address yet (e.g. DNS was down at start-up) is retried.
+const DNS_RETRY: Duration = Duration::from_secs(5);
+
 /// How long an in-place upgrade waits for the new process to be ready for the listeners.
 const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
@@ -238,8 +241,9 @@ impl BackgroundService for LifecycleTask {
             log::warn!("{e}; `cc-relay reload` will not find this process");
         }
         notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
-        let mut dns = tokio::time::interval(DNS_REFRESH);
+        let mut dns = tokio::time::interval(DNS_RETRY);
         dns.tick().await;
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = hangup.recv() => self.reload().await,
@@ -247,10 +251,15 @@ impl BackgroundService for LifecycleTask {
                 // Pingora acts on these too; we only stop keeping connections alive.
                 _ = quit.recv() => self.state.draining.store(true, Ordering::Relaxed),
                 _ = term.recv() => self.state.draining.store(true, Ordering::Relaxed),
-                _ = dns.tick() => self.refresh_dns().await,
-                _ = shutdown.changed() => return,
+                _ = dns.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    let all = ticks % (DNS_REFRESH.as_secs() / DNS_RETRY.as_secs()) as u32 == 0;
+                    self.refresh_dns(all).await;
+                }
+                _ = shutdown.changed() => break,
             }
         }
+        self.exit_when_drained().await;
     }
 }
 
@@ -319,10 +328,34 @@ impl LifecycleTask {
         }
     }
 
-    async fn refresh_dns(&self) {
+    /// Pingora's graceful shutdown sleeps the whole grace period even when nothing is left to
+    /// serve. Once it has stopped accepting, exit as soon as no proxied request is in flight
+    /// (the grace period stays the upper bound: Pingora ends the process then anyway).
+    async fn exit_when_drained(&self) {
+        if !self.state.draining.load(Ordering::Relaxed) {
+            return; // a fast shutdown (SIGINT): Pingora exits by itself
+        }
+        loop {
+            if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                // Let a response whose last bytes are being flushed finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        log::info!("drained: no request in flight, exiting");
+        remove_pid_file_if_ours(&self.pid_file);
+        std::process::exit(0);
+    }
+
+    /// Re-resolve upstream hosts: those without an address on every call, all of them when
+    /// `all`.
+    async fn refresh_dns(&self, all: bool) {
         let current = self.state.current.load_full();
         for p in &current.providers {
-            if p.addrs.is_literal() {
+            if p.addrs.is_literal() || (!all && p.addrs.pick().is_some()) {
                 continue;
             }
             if let Err(e) = p.addrs.refresh().await {

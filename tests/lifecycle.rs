@@ -302,6 +302,12 @@ async fn sigterm_drains_a_stream_in_flight_then_exits_zero() {
     assert!(text.contains("message_stop"), "the stream was cut: {text}");
     assert_eq!(relay.wait_exit(Duration::from_secs(15)), Some(0));
     assert!(!relay.dir.path().join("relay.pid").exists());
+    // It left as soon as the stream was done, not at the end of the grace period.
+    assert!(
+        relay.wait_for_log("drained", Duration::from_secs(1)),
+        "{}",
+        relay.logs()
+    );
 }
 
 /// Kills a process by pid when dropped (for processes the relay itself started).

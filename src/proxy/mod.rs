@@ -29,8 +29,6 @@ mod request;
 mod state;
 mod verdict;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,15 +71,11 @@ const CAPACITY_POLL: Duration = Duration::from_millis(50);
 
 pub struct Relay {
     shared: SharedState,
-    in_flight: Arc<AtomicUsize>,
 }
 
 impl Relay {
     pub fn new(shared: SharedState) -> Self {
-        Relay {
-            shared,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-        }
+        Relay { shared }
     }
 
     /// Answer `err` locally; the request ends here.
@@ -282,7 +276,7 @@ impl ProxyHttp for Relay {
         }
 
         let server = &state.config.server;
-        match ConcurrencySlot::acquire(&self.in_flight, server.max_concurrent) {
+        match ConcurrencySlot::acquire(&self.shared.in_flight, server.max_concurrent) {
             Some(slot) => ctx.slot = Some(slot),
             None => {
                 let err = ApiError::Overloaded {

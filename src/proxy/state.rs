@@ -3,7 +3,7 @@
 //! flight keep the `Arc` they started with.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -161,6 +161,8 @@ pub struct Shared {
     /// this one still serves, instead of racing an idle keep-alive connection that Pingora
     /// drops when the drain begins.
     pub draining: AtomicBool,
+    /// Proxied requests in flight (`server.max_concurrent` counts these; a drain waits for 0).
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 pub type SharedState = Arc<Shared>;
@@ -171,5 +173,6 @@ pub fn shared(state: RuntimeState) -> SharedState {
         last_reload_error: ArcSwapOption::empty(),
         reload_attempts: AtomicU64::new(0),
         draining: AtomicBool::new(false),
+        in_flight: Arc::new(AtomicUsize::new(0)),
     })
 }
