@@ -527,3 +527,31 @@ async fn base_url_path_prefix_is_joined_with_the_request_path() {
     );
     assert_eq!(seen[0].header("x-api-key"), Some("sk-z"));
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &single_key(&mock, ""));
+    let body = serde_json::to_vec(&message_body("m", false)).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_millis(800), conn.read(&mut buf))
+        .await
+        .expect("no 100 Continue: the client would stall")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    conn.write_all(&body).await.unwrap();
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(mock.requests()[0].header("expect"), None);
+}

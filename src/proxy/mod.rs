@@ -63,6 +63,7 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "accept-encoding",
+    "expect",
 ];
 
 /// How long one wait for pool capacity sleeps at most, so a request held by
@@ -102,6 +103,17 @@ impl Relay {
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Ok(Err(ApiError::BodyTooLarge { limit }));
+        }
+        // The relay reads the body before anything goes upstream, so it answers the client's
+        // `Expect: 100-continue` itself (curl otherwise waits a second before sending), once
+        // the declared size is known to be acceptable.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.write_continue_response().await?;
         }
         let mut first: Option<Bytes> = None;
         let mut rest: Option<BytesMut> = None;
