@@ -370,8 +370,9 @@ if [ "$SOAK" = 1 ]; then
 fi
 
 kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -20 "$DIR/relay.log")"
-# wrk cuts the responses in flight when a run ends: Pingora logs each as "Downstream
-# ConnectionClosed" at ERROR. Anything else is worth a look.
+# wrk cuts the responses in flight when a run ends: Pingora logs each at ERROR as "Fail to
+# proxy: Downstream ConnectionClosed / ReadError / WriteError". Anything else is worth a look
+# (kept in $OUT/load-<ts>.relay-log.txt).
 RELAY_LOG_ERRORS=$(grep -c ' ERROR ' "$DIR/relay.log" || true)
 RELAY_LOG_OTHER=$(grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -vc 'Fail to proxy: Downstream' || true)
 log "relay log: $RELAY_LOG_ERRORS ERROR lines, $RELAY_LOG_OTHER not from clients closing at the end of a run"

@@ -141,6 +141,8 @@ def plot(summary, meta, path):
     colors = {"direct": "#9e9e9e", "relay": "#1f77b4", "nginx": "#2ca02c"}
     thr = [s for s in summary if s.startswith(("json", "sse"))]
     paced = [s for s in summary if s.startswith("paced")]
+    if not thr and not paced:
+        return False
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
 
     ax = axes[0]
