@@ -31,6 +31,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+# The settings given in the environment, to record how this run was made.
+OVERRIDES=""
+for v in DURATION REPS CONNS RATE PACE_CONNS THREADS MOCK_THREADS WRK_THREADS LATENCY_MS EVENTS \
+  SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN; do
+  [ -n "${!v+x}" ] && OVERRIDES+="$v='${!v}' "
+done
+
 DURATION=${DURATION:-8}
 REPS=${REPS:-3}
 CONNS=${CONNS:-"32 256"}
@@ -383,7 +390,7 @@ if [ "$RELAY_LOG_OTHER" != 0 ]; then
 fi
 
 cat >"$DIR/meta.json" <<JSON
-{"timestamp":"$TS","command":"make load (bash scripts/load.sh)","duration_s":$DURATION,"reps":$REPS,
+{"timestamp":"$TS","command":"${OVERRIDES}bash scripts/load.sh","duration_s":$DURATION,"reps":$REPS,
  "rate":$RATE,"pace_conns":$PACE_CONNS,"pace_ms":$PACE_MS,"threads":$THREADS,
  "mock_threads":$MOCK_THREADS,"wrk_threads":$WRK_THREADS,"latency_ms":$LATENCY_MS,"events":$EVENTS,
  "mem_streams":$MEM_STREAMS,"clk_tck":$CLK_TCK,"nproc":$(nproc),

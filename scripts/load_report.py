@@ -7,6 +7,7 @@ writes OUT.json (meta, every run, medians, targets), OUT.md (tables) and OUT.png
 """
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -211,6 +212,7 @@ def main():
     print(md)
     if plot(summary, meta, a.out + ".png"):
         if a.plot_copy:
+            os.makedirs(os.path.dirname(a.plot_copy) or ".", exist_ok=True)
             shutil.copyfile(a.out + ".png", a.plot_copy)
         print(f"plot: {a.out}.png" + (f" (copied to {a.plot_copy})" if a.plot_copy else ""))
     print(f"results: {a.out}.json, {a.out}.md")

@@ -70,6 +70,9 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
     let s = &cfg.server;
     ServerConf {
         threads: s.threads.max(1),
+        // One single-threaded runtime per thread, each connection kept on the thread it was
+        // given (like nginx workers): no work-stealing wake-ups between threads.
+        work_stealing: false,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         pid_file: s.pid_file.display().to_string(),
@@ -127,7 +130,13 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         Relay::new(state.clone()),
         "cc-relay",
     );
-    proxy.add_tcp(&listen.to_string());
+    // Pingora gives every client connection a 64 KiB read buffer by default, zero-filled and so
+    // resident even while the connection idles. Requests are parsed into Pingora's own
+    // buffers anyway: read straight from the socket.
+    proxy.add_listener(
+        pingora::listeners::ListenerConfig::tcp(listen.to_string())
+            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460)),
+    );
     server.add_service(proxy);
     server.add_service(background_service(
         "cc-relay lifecycle",
@@ -246,14 +255,16 @@ impl BackgroundService for LifecycleTask {
         let mut ticks: u32 = 0;
         loop {
             tokio::select! {
-                _ = hangup.recv() => self.reload().await,
-                _ = usr2.recv() => self.upgrade().await,
+                // `Some` only: a signal stream yields `None` for ever once the runtime is
+                // shutting down, which must not turn into a loop of reloads or upgrades.
+                Some(()) = hangup.recv() => self.reload().await,
+                Some(()) = usr2.recv() => self.upgrade().await,
                 // Pingora acts on these too; we only stop keeping connections alive.
-                _ = quit.recv() => self.state.draining.store(true, Ordering::Relaxed),
-                _ = term.recv() => self.state.draining.store(true, Ordering::Relaxed),
+                Some(()) = quit.recv() => self.state.draining.store(true, Ordering::Relaxed),
+                Some(()) = term.recv() => self.state.draining.store(true, Ordering::Relaxed),
                 _ = dns.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    let all = ticks % (DNS_REFRESH.as_secs() / DNS_RETRY.as_secs()) as u32 == 0;
+                    let all = ticks.is_multiple_of((DNS_REFRESH.as_secs() / DNS_RETRY.as_secs()) as u32);
                     self.refresh_dns(all).await;
                 }
                 _ = shutdown.changed() => break,

@@ -181,7 +181,7 @@ impl SseUsageParser {
         }
         while i < chunk.len() {
             let rest = &chunk[i..];
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', rest) {
                 Some(p) => {
                     self.push_partial(&rest[..p]);
                     i += p + 1;

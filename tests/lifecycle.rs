@@ -347,3 +347,14 @@ async fn upgrade_command_replaces_the_process_in_place() {
     let resp = post_messages(&old, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200, "the new process does not serve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_at_once_without_spinning_on_closed_signal_streams() {
+    let mock = start_mock().await;
+    let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    relay.signal(Signal::SIGINT);
+    assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
+    let logs = relay.logs();
+    assert!(!logs.contains("config reloaded"), "{logs}");
+    assert!(!logs.contains("upgrade:"), "{logs}");
+}

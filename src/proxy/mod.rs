@@ -400,8 +400,16 @@ impl ProxyHttp for Relay {
         let state = ctx.state.clone().expect("set by request_filter");
         let provider = &state.providers[ctx.provider];
 
-        for name in HOP_BY_HOP {
-            upstream.remove_header(*name);
+        // One pass over the names present (usually none match) instead of nine
+        // remove_header(&str) calls, each of which parses and hashes a name.
+        let present: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| HOP_BY_HOP.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for name in &present {
+            upstream.remove_header(name);
         }
 
         if let Some(pool) = &provider.pool {
@@ -659,7 +667,8 @@ impl ProxyHttp for Relay {
             session.set_keepalive(None);
         }
         ctx.settle_reservation();
-        if ctx.route.is_proxied() {
+        // The usage is read again only for the debug line: not when it is filtered out.
+        if ctx.route.is_proxied() && log::log_enabled!(log::Level::Debug) {
             let usage = ctx.usage.usage().unwrap_or_default();
             log::debug!(
                 "{} {} provider={} status={} attempts={} in={} out={} ms={}",

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Each test binary uses a different part of this module.
+#[allow(unused_imports)]
 pub use cc_relay::mock::{Fault, MockConfig, MockUpstream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cc-relay");
