@@ -468,13 +468,7 @@ pub fn send_reload(config_path: &Path) -> Result<String, LifecycleError> {
     let health_addr = loopback_of(cfg.server.listen);
     let before = health(health_addr).map_or(0, |h| h.attempts);
 
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| LifecycleError::NotRunning {
-        pid,
-        path: pid_file.clone(),
-        reason: e.to_string(),
-    })?;
+    signal_running(pid, pid_file, nix::sys::signal::Signal::SIGHUP)?;
 
     let wait = Duration::from_secs(5);
     let deadline = Instant::now() + wait;
@@ -502,13 +496,7 @@ pub fn send_upgrade(config_path: &Path) -> Result<String, LifecycleError> {
     let cfg = config::load_file(config_path)?;
     let pid_file = &cfg.server.pid_file;
     let old = read_pid(pid_file)?;
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    kill(Pid::from_raw(old), Signal::SIGUSR2).map_err(|e| LifecycleError::NotRunning {
-        pid: old,
-        path: pid_file.clone(),
-        reason: e.to_string(),
-    })?;
+    signal_running(old, pid_file, nix::sys::signal::Signal::SIGUSR2)?;
     let health_addr = loopback_of(cfg.server.listen);
     let wait = UPGRADE_WAIT + Duration::from_secs(10);
     let deadline = Instant::now() + wait;
@@ -524,6 +512,21 @@ pub fn send_upgrade(config_path: &Path) -> Result<String, LifecycleError> {
         }
     }
     Err(LifecycleError::UpgradeUnconfirmed(wait))
+}
+
+/// Send `signal` to the relay named by `pid_file`.
+fn signal_running(
+    pid: i32,
+    pid_file: &Path,
+    signal: nix::sys::signal::Signal,
+) -> Result<(), LifecycleError> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
+        LifecycleError::NotRunning {
+            pid,
+            path: pid_file.to_owned(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 fn loopback_of(listen: SocketAddr) -> SocketAddr {

@@ -173,13 +173,7 @@ async fn invalid_config_on_sighup_keeps_the_old_one_serving() {
 async fn learned_cooldown_survives_a_reload() {
     let mock = start_mock().await;
     let relay = RelayProcess::start("", &provider(&mock, TWO_KEYS, ""));
-    mock.push_fault(
-        Some("sk-two"),
-        Fault::Status {
-            status: 429,
-            retry_after: Some("40".into()),
-        },
-    );
+    mock.push_fault(Some("sk-two"), throttled("40"));
     let resp = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-cc-relay-key-id"], "one");

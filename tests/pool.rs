@@ -188,13 +188,7 @@ async fn upstream_429_cools_the_key_and_retries_transparently() {
         ("spare", "sk-spare", "priority: 1"),
     ];
     let relay = RelayProcess::start("", &pool_config(&mock, &keys, ""));
-    mock.push_fault(
-        Some("sk-hot"),
-        Fault::Status {
-            status: 429,
-            retry_after: Some("30".into()),
-        },
-    );
+    mock.push_fault(Some("sk-hot"), throttled("30"));
     // A Claude Code-sized body, past Pingora's 64 KiB retry buffer: it must be resent whole.
     let mut body = message_body("m", false);
     body["system"] = json!("z".repeat(120_000));
@@ -339,13 +333,7 @@ async fn max_wait_holds_a_request_until_a_key_cools_down() {
     let keys = [("solo", "sk-solo", "")];
     let extra = "    pooling:\n      max_wait_ms: 3000\n";
     let relay = RelayProcess::start("", &pool_config(&mock, &keys, extra));
-    mock.push_fault(
-        Some("sk-solo"),
-        Fault::Status {
-            status: 429,
-            retry_after: Some("1".into()),
-        },
-    );
+    mock.push_fault(Some("sk-solo"), throttled("1"));
     // No other key: the upstream's own 429 reaches the client.
     let first = send(&relay, &message_body("m", false), &[]).await;
     assert_eq!(first.status, 429);

@@ -73,7 +73,6 @@ pub struct RequestCtx {
     pub credential: RelayCredential,
     pub demand: Demand,
     pub body_len: usize,
-    pub stream_requested: bool,
     /// Attempts made so far (incremented when an upstream is chosen for one).
     pub attempt: u32,
     /// Key indexes already used by this request; a retry never picks them again.
@@ -100,7 +99,6 @@ impl RequestCtx {
             credential: RelayCredential::NotRequired,
             demand: Demand::default(),
             body_len: 0,
-            stream_requested: false,
             attempt: 0,
             tried: Vec::new(),
             reservation: None,

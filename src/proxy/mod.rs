@@ -341,7 +341,6 @@ impl ProxyHttp for Relay {
         }
 
         ctx.provider = index;
-        ctx.stream_requested = facts.stream;
         ctx.body_len = body.len();
         ctx.state = Some(state);
         BodyReplaySession::install(session, body);

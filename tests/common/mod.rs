@@ -256,3 +256,11 @@ pub async fn run_cli(command: &'static str, config: &Path) -> std::process::Outp
     .await
     .unwrap()
 }
+
+/// The upstream answers 429 with `retry-after: <secs>`.
+pub fn throttled(secs: &str) -> Fault {
+    Fault::Status {
+        status: 429,
+        retry_after: Some(secs.into()),
+    }
+}
