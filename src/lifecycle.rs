@@ -5,7 +5,8 @@
 //! at this process's path with `serve --upgrade`, then hand it the listeners (ours, built on
 //! Pingora's); SIGQUIT = hand the listeners to a process started with `serve --upgrade`, then
 //! drain (Pingora's); SIGTERM = stop accepting, drain within the grace period, exit 0
-//! (Pingora's); SIGINT = exit now (Pingora's).
+//! (Pingora's); SIGINT = exit now (ours: Pingora's fast shutdown can hang, see
+//! [`exit_on_interrupt`]).
 //!
 //! Under systemd (`Type=notify`, `NotifyAccess=all`) the relay reports `READY=1` with its pid, so
 //! the process an upgrade starts becomes the service's main process.
@@ -152,6 +153,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         "cc-relay {} listening on http://{listen}",
         env!("CARGO_PKG_VERSION")
     );
+    exit_on_interrupt(pid_file.clone());
     server.run(RunArgs::default());
     remove_pid_file_if_ours(&pid_file);
     log::info!("cc-relay stopped");
@@ -164,6 +166,46 @@ fn ignore_sighup() {
     // previous disposition at this point of start-up.
     unsafe {
         let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
+    }
+}
+
+/// SIGINT means "exit now", and Pingora's fast shutdown does not always manage it: with
+/// `work_stealing: false` it joins one thread per runtime, and a listener whose I/O driver has
+/// already been shut down on another thread spins on "Accept() failed ... being shutdown" without
+/// yielding, so that join can wait for ever while the log fills the disk (seen under load in
+/// valgrind). A thread of our own, outside Pingora's runtimes, ends the process instead.
+fn exit_on_interrupt(pid_file: PathBuf) {
+    let watcher = std::thread::Builder::new()
+        .name("cc-relay-sigint".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::warn!("SIGINT is left to Pingora: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::interrupt()) {
+                    Ok(mut interrupt) => {
+                        interrupt.recv().await;
+                    }
+                    Err(e) => {
+                        log::warn!("SIGINT is left to Pingora: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+            log::info!("SIGINT: exiting now");
+            remove_pid_file_if_ours(&pid_file);
+            std::process::exit(0);
+        });
+    if let Err(e) = watcher {
+        log::warn!("SIGINT is left to Pingora: {e}");
     }
 }
 

@@ -346,9 +346,22 @@ async fn upgrade_command_replaces_the_process_in_place() {
 async fn sigint_exits_at_once_without_spinning_on_closed_signal_streams() {
     let mock = start_mock().await;
     let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
+    // A stream in flight: SIGINT does not wait for it (that is SIGTERM's job).
+    let resp = post_messages(
+        &relay,
+        &message_body("m", true),
+        &[
+            ("x-mock-events", "100"),
+            ("x-mock-event-interval-ms", "200"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
     relay.signal(Signal::SIGINT);
-    assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
+    assert_eq!(relay.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(!relay.dir.path().join("relay.pid").exists());
     let logs = relay.logs();
+    assert!(logs.contains("SIGINT: exiting now"), "{logs}");
     assert!(!logs.contains("config reloaded"), "{logs}");
     assert!(!logs.contains("upgrade:"), "{logs}");
 }
