@@ -422,7 +422,7 @@ impl JsonUsageScanner {
         const KEY: &[u8] = b"\"usage\"";
         let buf = &self.tail[..];
         let mut end = buf.len();
-        while let Some(pos) = rfind(&buf[..end], KEY) {
+        while let Some(pos) = memchr::memmem::rfind(&buf[..end], KEY) {
             end = pos;
             if is_escaped(buf, pos) {
                 // `\"usage\"` inside a string, e.g. in the model's text.
@@ -447,15 +447,6 @@ impl JsonUsageScanner {
         }
         None
     }
-}
-
-fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if hay.len() < needle.len() {
-        return None;
-    }
-    (0..=hay.len() - needle.len())
-        .rev()
-        .find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
 /// Whether the quote at `pos` is escaped (preceded by an odd run of backslashes).

@@ -272,6 +272,18 @@ fn key_ids() {
 }
 
 #[test]
+fn key_that_cannot_be_a_header_value_is_an_error_without_showing_it() {
+    for key in ["'sk-ant-a b'", "\"sk-ant-a\\nb\"", "'sk-ant-é'"] {
+        let err = one_error(&with_key(&format!("key: {key}")));
+        assert!(
+            err.starts_with("providers[0].keys[1].key: contains a space"),
+            "{key}: {err}"
+        );
+        assert!(!err.contains("sk-ant"), "the key leaked: {err}");
+    }
+}
+
+#[test]
 fn empty_key_is_an_error() {
     assert_eq!(
         errors_env(&with_key("key: ${EMPTY}"), &[("EMPTY", "")]),

@@ -569,6 +569,16 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 );
                 None
             }
+            // Sent as a header value on every request: refuse what cannot be sent rather than
+            // have every request on this key fail. The message never shows the key.
+            Some(s) if !s.bytes().all(|b| b.is_ascii_graphic()) => {
+                c.error(
+                    format!("{path}.key"),
+                    "contains a space, a control character or a non-ASCII character, which an \
+                     HTTP header cannot carry (a key pasted with a line break?)",
+                );
+                None
+            }
             Some(s) => Some(s.to_string()),
         };
         let fp = secret.as_deref().map(key_fingerprint);

@@ -429,10 +429,9 @@ impl ProxyHttp for Relay {
                     // The relay supplies the key: no client credential reaches the upstream.
                     upstream.remove_header("x-api-key");
                     upstream.remove_header("authorization");
-                    upstream.insert_header(
-                        provider.auth.header_name(),
-                        provider.auth.header_value(provider.secret(index)),
-                    )?;
+                    if let Some(credential) = provider.auth_value(index) {
+                        upstream.insert_header(provider.auth.header_name(), credential.clone())?;
+                    }
                 }
                 Err(exhausted) => {
                     ctx.local_error = Some(ApiError::PoolExhausted {
@@ -450,8 +449,11 @@ impl ProxyHttp for Relay {
             upstream.remove_header(header);
         }
 
-        upstream.insert_header("host", provider.host_header.as_str())?;
-        upstream.insert_header("content-length", ctx.body_len.to_string())?;
+        upstream.insert_header(http::header::HOST, provider.host_value.clone())?;
+        upstream.insert_header(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(ctx.body_len),
+        )?;
         let prefix = &provider.config.base_url.path_prefix;
         if !prefix.is_empty() {
             let original = session.req_header().uri.path_and_query();
@@ -513,13 +515,15 @@ impl ProxyHttp for Relay {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(provider) = ctx.provider() {
             if let Some(pool) = &provider.pool {
-                if let Some(&index) = ctx.tried.last() {
-                    let id = pool.keys()[index].id().to_owned();
-                    upstream_response.insert_header("x-cc-relay-key-id", id)?;
+                if let Some(id) = ctx.tried.last().and_then(|&i| provider.key_id_value(i)) {
+                    upstream_response.insert_header("x-cc-relay-key-id", id.clone())?;
                 }
-                upstream_response.insert_header("x-cc-relay-keys-total", pool.len().to_string())?;
                 upstream_response
-                    .insert_header("x-cc-relay-keys-available", pool.available().to_string())?;
+                    .insert_header("x-cc-relay-keys-total", provider.keys_total_value.clone())?;
+                upstream_response.insert_header(
+                    "x-cc-relay-keys-available",
+                    http::HeaderValue::from(pool.available()),
+                )?;
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
 
 use crate::config::{self, Config, ProviderConfig};
 use crate::pool::{KeyPool, KeySpec};
@@ -21,6 +22,13 @@ pub struct ProviderRuntime {
     pub addrs: Arc<ResolvedAddrs>,
     /// `Host` header / SNI for the upstream.
     pub host_header: String,
+    /// Header values built once per config rather than per request (a clone is a reference
+    /// count): the `Host` header, per key its credential (marked sensitive) and its id, the
+    /// pool size.
+    pub host_value: HeaderValue,
+    auth_values: Vec<HeaderValue>,
+    key_id_values: Vec<Option<HeaderValue>>,
+    pub keys_total_value: HeaderValue,
 }
 
 impl ProviderRuntime {
@@ -33,10 +41,32 @@ impl ProviderRuntime {
         self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
     }
 
-    /// The secret for the key at `index` of this provider's pool.
-    pub fn secret(&self, index: usize) -> &str {
-        self.config.keys[index].key.expose()
+    /// The credential header value for the key at `index` of this provider's pool, `None`
+    /// when the key cannot be sent as a header value (the upstream would refuse it anyway).
+    pub fn auth_value(&self, index: usize) -> Option<&HeaderValue> {
+        self.auth_values.get(index)
     }
+
+    /// The `x-cc-relay-key-id` value for the key at `index`, `None` when the id is not a valid
+    /// header value.
+    pub fn key_id_value(&self, index: usize) -> Option<&HeaderValue> {
+        self.key_id_values.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// Per key: its credential as a sensitive header value. A key that is not a valid header value
+/// gets an empty one, which the upstream refuses like any wrong key.
+fn auth_values(provider: &ProviderConfig, auth: AuthStyle) -> Vec<HeaderValue> {
+    provider
+        .keys
+        .iter()
+        .map(|k| {
+            let mut v = HeaderValue::from_str(&auth.header_value(k.key.expose()))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            v.set_sensitive(true);
+            v
+        })
+        .collect()
 }
 
 pub struct RuntimeState {
@@ -91,9 +121,20 @@ impl RuntimeState {
                 }
                 _ => Arc::new(ResolvedAddrs::new(&p.base_url, resolve_now(&p.base_url))),
             };
+            let auth = AuthStyle::for_kind(p.kind);
+            let host_header = p.base_url.host_header();
             providers.push(ProviderRuntime {
-                auth: AuthStyle::for_kind(p.kind),
-                host_header: p.base_url.host_header(),
+                auth,
+                host_value: HeaderValue::from_str(&host_header)
+                    .unwrap_or_else(|_| HeaderValue::from_static("")),
+                host_header,
+                auth_values: auth_values(p, auth),
+                key_id_values: p
+                    .keys
+                    .iter()
+                    .map(|k| HeaderValue::from_str(&k.id).ok())
+                    .collect(),
+                keys_total_value: HeaderValue::from(p.keys.len()),
                 config: p.clone(),
                 pool,
                 addrs,
