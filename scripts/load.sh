@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `make load`: side-by-side load test on loopback — the mock upstream directly (the floor),
-# through cc-relay, and through nginx as a plain reverse proxy — in one run, targets alternated
-# (direct relay nginx direct relay nginx ...), medians of REPS repetitions.
+# through a bare Pingora proxy (examples/bare_pingora.rs: Pingora tuned like the relay, with no
+# relay logic; the floor of any Pingora proxy), through cc-relay, and through nginx as a plain
+# reverse proxy — in one run, targets alternated (direct pingora relay nginx direct pingora ...),
+# medians of REPS repetitions. The bare proxy is built (cargo, release) if its binary is missing.
 #
 # Scenarios (wrk, HTTP/1.1 keep-alive, POST /v1/messages):
 #   json-2k@C   non-streaming, ~2 KB body, C connections (CONNS, default "32 256")
 #   sse-2k@C    "stream": true, same body
 #   sse-76k@32  "stream": true, a ~76 KB Claude Code-shaped body
 #   paced-json / paced-sse   ~RATE req/s (default 1000) to read added latency at a fixed load
-#   mem-sse     MEM_STREAMS (1000) concurrent long SSE streams: the relay's peak RSS (and nginx's)
+#   mem-sse     MEM_STREAMS (1000) concurrent long SSE streams: the relay's peak RSS (then the
+#               bare Pingora proxy's and nginx's); the relay and the bare proxy are restarted first
 #   soak        SOAK=1: SOAK_DURATION (60) s of sse-2k at 256 connections through the relay
 #
 # Fixed rate: oha is not packaged by Debian 12, so the paced runs use wrk with a Lua delay():
@@ -17,12 +20,14 @@
 # service time (<1 ms) is far below the interval, so coordinated omission does not arise.
 #
 # Per run: req/s, p50/p99/p99.9, errors (connect/read/write/timeout + non-2xx), CPU seconds per
-# 1,000 requests of the proxy and the mock (utime+stime from /proc/PID/stat), peak RSS (VmHWM,
-# reset through /proc/PID/clear_refs before each run). Results: $OUT/load-<ts>.{json,md,png}.
+# 1,000 requests of the proxy (relay, bare Pingora, nginx) and the mock (utime+stime from
+# /proc/PID/stat), peak RSS (VmHWM, reset through /proc/PID/clear_refs before each run).
+# Results: $OUT/load-<ts>.{json,md,png}.
 #
 # Env: DURATION (8 s per run), REPS (3), CONNS ("32 256"), RATE (1000), PACE_CONNS (10),
-#      THREADS (relay threads = nginx worker_processes; default nproc), MOCK_THREADS (1),
-#      WRK_THREADS (1), LATENCY_MS (mock latency before headers, 0), EVENTS (SSE deltas, 5),
+#      THREADS (relay threads = bare Pingora threads = nginx worker_processes; default nproc),
+#      MOCK_THREADS (1), WRK_THREADS (1), LATENCY_MS (mock latency before headers, 0),
+#      EVENTS (SSE deltas, 5),
 #      SCENARIOS (subset of: json-2k sse-2k sse-76k paced-json paced-sse),
 #      MEM (1 = run mem-sse), MEM_STREAMS (1000), MEM_DURATION (15), MEM_INTERVAL_MS (100),
 #      SOAK (0), SOAK_DURATION (60), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
@@ -57,7 +62,7 @@ SOAK=${SOAK:-0}
 SOAK_DURATION=${SOAK_DURATION:-60}
 OUT=${OUT:-results}
 PLOT=${PLOT:-}
-TARGETS="direct relay nginx"
+TARGETS="direct pingora relay nginx"
 
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -83,10 +88,10 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 BIN=$ROOT/target/release
 RELAY_BIN=${RELAY_BIN:-$BIN/cc-relay}
-if [ ! -x "$RELAY_BIN" ] || [ ! -x "$BIN/cc-relay-mock" ]; then
-  log "building release binaries"
-  cargo build --release
-fi
+# Always through cargo (a no-op when up to date): a stale binary would measure old code.
+log "building release binaries and the bare Pingora proxy (examples/bare_pingora.rs)"
+cargo build --release --bins --example bare_pingora
+PINGORA_BIN=$BIN/examples/bare_pingora
 
 # 1,000 streams need ~2,000 descriptors in the relay and as many in wrk and the mock.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -114,9 +119,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r MOCK_PORT RELAY_PORT NGINX_PORT < <(python3 -c '
+read -r MOCK_PORT RELAY_PORT NGINX_PORT PINGORA_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -166,6 +171,20 @@ stop_relay() {
   reap "$RELAY_PID"
 }
 start_relay
+
+# The bare Pingora proxy: the relay's server settings, none of its logic.
+start_pingora() {
+  env -u RUST_LOG "$PINGORA_BIN" "127.0.0.1:$PINGORA_PORT" "127.0.0.1:$MOCK_PORT" "$THREADS" \
+    >>"$DIR/pingora.log" 2>&1 &
+  PINGORA_PID=$!
+  PIDS+=("$PINGORA_PID")
+  wait_port "$PINGORA_PORT" || die "bare pingora did not start: $(cat "$DIR/pingora.log")"
+}
+stop_pingora() {
+  kill -TERM "$PINGORA_PID" 2>/dev/null || true
+  reap "$PINGORA_PID"
+}
+start_pingora
 
 mkdir -p "$DIR/nginx"
 cat >"$DIR/nginx/nginx.conf" <<NGINX
@@ -279,6 +298,7 @@ reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/nu
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$MOCK_PORT/v1/messages" ;;
+    pingora) echo "http://127.0.0.1:$PINGORA_PORT/v1/messages" ;;
     relay) echo "http://127.0.0.1:$RELAY_PORT/v1/messages" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/messages" ;;
   esac
@@ -298,24 +318,26 @@ run_one() {
   ((conns >= 512 && threads < 2)) && threads=2
   local np; np=$(nginx_pids)
   # shellcheck disable=SC2086
-  reset_hwm "$RELAY_PID" "$MOCK_PID" $np
-  local r0 n0 m0; r0=$(cpu_ticks "$RELAY_PID"); n0=$(cpu_ticks $np); m0=$(cpu_ticks "$MOCK_PID")
+  reset_hwm "$RELAY_PID" "$PINGORA_PID" "$MOCK_PID" $np
+  local r0 g0 n0 m0; r0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks "$PINGORA_PID")
+  n0=$(cpu_ticks $np); m0=$(cpu_ticks "$MOCK_PID")
   local out
   out=$(LOAD_BODY="$DIR/$body.json" LOAD_PACE_MS="$pace" LOAD_EVENT_INTERVAL_MS="$interval" \
     LOAD_EVENTS="$events" wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 30s \
     -s "$DIR/load.lua" "$(url_of "$target")" 2>&1) || die "wrk failed: $out"
-  local r1 n1 m1; r1=$(cpu_ticks "$RELAY_PID"); n1=$(cpu_ticks $np); m1=$(cpu_ticks "$MOCK_PID")
+  local r1 g1 n1 m1; r1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks "$PINGORA_PID")
+  n1=$(cpu_ticks $np); m1=$(cpu_ticks "$MOCK_PID")
   local wrk_json; wrk_json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
   [ -n "$wrk_json" ] || die "no result from wrk: $out"
-  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"nginx":%d,"mock":%d}}\n' \
+  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"pingora":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"pingora":%d,"nginx":%d,"mock":%d}}\n' \
     "$scenario" "$target" "$rep" "$body" "$conns" "$dur" "$pace" "$wrk_json" \
-    $((r1 - r0)) $((n1 - n0)) $((m1 - m0)) \
-    "$(hwm_kb "$RELAY_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
+    $((r1 - r0)) $((g1 - g0)) $((n1 - n0)) $((m1 - m0)) \
+    "$(hwm_kb "$RELAY_PID")" "$(hwm_kb "$PINGORA_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
   python3 - "$RUNS" <<'PY' >&2
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1]); w = r["wrk"]
 err = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["status"]
-print(f'  {r["scenario"]:<12} {r["target"]:<6} rep {r["rep"]}: {w["requests"]/w["duration_us"]*1e6:9.0f} req/s'
+print(f'  {r["scenario"]:<12} {r["target"]:<7} rep {r["rep"]}: {w["requests"]/w["duration_us"]*1e6:9.0f} req/s'
       f'  p50 {w["p50_us"]:>6} us  p99 {w["p99_us"]:>6} us  p99.9 {w["p999_us"]:>6} us  errors {err}')
 PY
 }
@@ -324,7 +346,7 @@ PY
 PACE_MS=$(((PACE_CONNS * 1000 + RATE / 2) / RATE))
 ((PACE_MS >= 2)) || die "RATE too high for PACE_CONNS=$PACE_CONNS (interval under 2 ms)"
 
-log "mock :$MOCK_PORT (threads $MOCK_THREADS, latency ${LATENCY_MS} ms), relay :$RELAY_PORT (pid $RELAY_PID, threads $THREADS), nginx :$NGINX_PORT (workers $THREADS)"
+log "mock :$MOCK_PORT (threads $MOCK_THREADS, latency ${LATENCY_MS} ms), bare pingora :$PINGORA_PORT (pid $PINGORA_PID, threads $THREADS), relay :$RELAY_PORT (pid $RELAY_PID, threads $THREADS), nginx :$NGINX_PORT (workers $THREADS)"
 log "warm-up"
 for t in $TARGETS; do
   LOAD_BODY="$DIR/json-2k.json" wrk -t1 -c32 -d2s -s "$DIR/load.lua" "$(url_of "$t")" >/dev/null
@@ -345,7 +367,7 @@ done
 
 for entry in "${PLAN[@]}"; do
   read -r name body conns pace <<<"$entry"
-  log "$name: ${REPS} x (direct relay nginx), ${DURATION}s each"
+  log "$name: ${REPS} x ($TARGETS), ${DURATION}s each"
   for rep in $(seq 1 "$REPS"); do
     for t in $TARGETS; do
       run_one "$name" "$t" "$rep" "$body" "$conns" "$DURATION" "$pace"
@@ -355,17 +377,22 @@ for entry in "${PLAN[@]}"; do
 done
 
 if [ "$MEM" = 1 ]; then
-  # A fresh relay process: its peak RSS is then what these streams cost, not what earlier
-  # scenarios left in the allocator.
+  # Fresh relay and bare Pingora processes: their peak RSS is then what these streams cost, not
+  # what earlier scenarios left in the allocator.
   kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -20 "$DIR/relay.log")"
+  kill -0 "$PINGORA_PID" 2>/dev/null ||
+    die "bare pingora died during the run: $(tail -20 "$DIR/pingora.log")"
   stop_relay
   start_relay
+  stop_pingora
+  start_pingora
   RELAY_IDLE_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$RELAY_PID/status")
+  PINGORA_IDLE_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$PINGORA_PID/status")
   # Streams of MEM_DURATION x 2/3 s (events x interval), so every connection holds one open
   # stream for most of the run.
   mem_events=$((MEM_DURATION * 1000 * 2 / 3 / MEM_INTERVAL_MS))
-  log "mem-sse: $MEM_STREAMS concurrent SSE streams (${mem_events} events every ${MEM_INTERVAL_MS} ms), ${MEM_DURATION}s, relay then nginx"
-  for t in relay nginx; do
+  log "mem-sse: $MEM_STREAMS concurrent SSE streams (${mem_events} events every ${MEM_INTERVAL_MS} ms), ${MEM_DURATION}s, relay, bare pingora, nginx"
+  for t in relay pingora nginx; do
     run_one "mem-sse" "$t" 1 sse-2k "$MEM_STREAMS" "$MEM_DURATION" 0 "$MEM_INTERVAL_MS" "$mem_events"
     sleep 1
   done
@@ -377,12 +404,16 @@ if [ "$SOAK" = 1 ]; then
 fi
 
 kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died during the run: $(tail -20 "$DIR/relay.log")"
+kill -0 "$PINGORA_PID" 2>/dev/null ||
+  die "bare pingora died during the run: $(tail -20 "$DIR/pingora.log")"
 # wrk cuts the responses in flight when a run ends: Pingora logs each at ERROR as "Fail to
 # proxy: Downstream ConnectionClosed / ReadError / WriteError". Anything else is worth a look
 # (kept in $OUT/load-<ts>.relay-log.txt).
 RELAY_LOG_ERRORS=$(grep -c ' ERROR ' "$DIR/relay.log" || true)
 RELAY_LOG_OTHER=$(grep -E ' (ERROR|WARN) |panic' "$DIR/relay.log" | grep -vc 'Fail to proxy: Downstream' || true)
 log "relay log: $RELAY_LOG_ERRORS ERROR lines, $RELAY_LOG_OTHER not from clients closing at the end of a run"
+PINGORA_LOG_OTHER=$(grep -E ' (ERROR|WARN) |panic' "$DIR/pingora.log" | grep -vc 'Fail to proxy: Downstream' || true)
+log "bare pingora log: $PINGORA_LOG_OTHER ERROR/WARN lines not from clients closing at the end of a run"
 mkdir -p "$OUT"
 grep -v 'Fail to proxy: Downstream' "$DIR/relay.log" | head -200 >"$OUT/load-$TS.relay-log.txt" || true
 if [ "$RELAY_LOG_OTHER" != 0 ]; then
@@ -395,6 +426,7 @@ cat >"$DIR/meta.json" <<JSON
  "mock_threads":$MOCK_THREADS,"wrk_threads":$WRK_THREADS,"latency_ms":$LATENCY_MS,"events":$EVENTS,
  "mem_streams":$MEM_STREAMS,"clk_tck":$CLK_TCK,"nproc":$(nproc),
  "relay_bin":"$RELAY_BIN","relay_idle_rss_kb":${RELAY_IDLE_KB:-null},
+ "pingora_bin":"$PINGORA_BIN","pingora_idle_rss_kb":${PINGORA_IDLE_KB:-null},
  "loadavg_start":"$LOADAVG_START","loadavg_end":"$(cut -d' ' -f1-3 /proc/loadavg)","relay_log_errors":$RELAY_LOG_ERRORS,"relay_log_other":$RELAY_LOG_OTHER,
  "cpu_model":"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
  "kernel":"$(uname -r)","wrk":"$(wrk --version 2>&1 | head -1 | cut -d' ' -f2)",

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Where the relay's CPU goes, per request: instructions counted by callgrind (repeatable
-whatever else the machine does), for the relay and, as the floor, for nginx proxying the same
-request to the same mock.
+whatever else the machine does), for the relay and, as floors, for a bare Pingora proxy
+(examples/bare_pingora.rs: Pingora tuned like the relay, no relay logic; what any Pingora proxy
+costs) and for nginx, proxying the same request to the same mock.
 
-usage: python3 scripts/load_profile.py [--target relay|nginx] [--relay-bin PATH]
+usage: python3 scripts/load_profile.py [--target relay|pingora|nginx] [--relay-bin PATH]
                                        [--body small|claude-code] [--stream] [--seconds 15]
                                        [--top 25]
 
 The target runs under `valgrind --tool=callgrind` with one worker thread (relay: server.threads
-1; nginx: one worker, master_process off); wrk drives it with 4 keep-alive connections; counters
+1; bare Pingora: THREADS 1, built with `cargo build --release --example bare_pingora` if missing;
+nginx: one worker, master_process off); wrk drives it with 4 keep-alive connections; counters
 are zeroed after a 3 s warm-up and dumped at the end, then divided by the requests wrk
 completed. Prints instructions/request, the functions with the most instructions (self), the
 inclusive cost of each cc-relay phase, and malloc calls/request. Only loopback; every process
@@ -154,7 +156,7 @@ def report(path, requests, top, label):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", choices=["relay", "nginx"], default="relay")
+    ap.add_argument("--target", choices=["relay", "pingora", "nginx"], default="relay")
     ap.add_argument("--relay-bin", default=os.path.join(ROOT, "target/release/cc-relay"))
     ap.add_argument("--body", choices=["small", "claude-code"], default="small")
     ap.add_argument("--stream", action="store_true")
@@ -166,6 +168,11 @@ def main():
     for b in (mock_bin, a.relay_bin):
         if not os.access(b, os.X_OK):
             sys.exit(f"{b} is missing: run `cargo build --release` first")
+    pingora_bin = os.path.join(ROOT, "target/release/examples/bare_pingora")
+    if a.target == "pingora" and not os.access(pingora_bin, os.X_OK):
+        print("building the bare Pingora proxy (examples/bare_pingora.rs)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "--example", "bare_pingora"], cwd=ROOT,
+                       check=True)
 
     d = tempfile.mkdtemp(prefix="cc-relay-profile.")
     procs = []
@@ -207,6 +214,10 @@ logging:
             cmd = vg + [a.relay_bin, "serve", "--config", cfg]
             env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
             label = f"cc-relay ({a.relay_bin})"
+        elif a.target == "pingora":
+            cmd = vg + [pingora_bin, f"127.0.0.1:{port}", f"127.0.0.1:{mock_port}", "1"]
+            env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
+            label = "bare Pingora proxy (examples/bare_pingora.rs, 1 thread)"
         else:
             os.makedirs(os.path.join(d, "nginx"))
             conf = os.path.join(d, "nginx", "nginx.conf")

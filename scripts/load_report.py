@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Report of scripts/load.sh: medians over repetitions, ratios against the baselines measured in
-the same run (relay vs direct, relay vs nginx), the issue's targets, and a plot.
+the same run (relay vs direct, relay vs the bare Pingora proxy, relay and bare Pingora vs nginx),
+the issue's targets, and a plot.
 
 usage: load_report.py --meta meta.json --runs runs.jsonl --out results/load-TS [--plot-copy F]
 writes OUT.json (meta, every run, medians, targets), OUT.md (tables) and OUT.png (if matplotlib).
@@ -12,14 +13,16 @@ import shutil
 import statistics
 import sys
 
-TARGETS = ["direct", "relay", "nginx"]
+TARGETS = ["direct", "pingora", "relay", "nginx"]
+# Targets that are proxies: their CPU and peak RSS are recorded.
+PROXIES = ("pingora", "relay", "nginx")
 
 
 def derive(run, clk_tck):
     w = run["wrk"]
     secs = w["duration_us"] / 1e6
     n = max(w["requests"], 1)
-    proxy = run["target"] if run["target"] in ("relay", "nginx") else None
+    proxy = run["target"] if run["target"] in PROXIES else None
     ticks = run["cpu_ticks"][proxy] if proxy else 0
     return {
         "rps": w["requests"] / secs,
@@ -28,7 +31,8 @@ def derive(run, clk_tck):
         "p999_us": w["p999_us"],
         "errors": w["connect"] + w["read"] + w["write"] + w["timeout"] + w["status"],
         "requests": w["requests"],
-        # CPU seconds of the proxy (relay or all nginx processes) per 1,000 requests.
+        # CPU seconds of the proxy (relay, bare Pingora, or all nginx processes) per 1,000
+        # requests.
         "proxy_cpu_s_per_1k": (ticks / clk_tck) / n * 1000 if proxy else None,
         "mock_cpu_s_per_1k": (run["cpu_ticks"]["mock"] / clk_tck) / n * 1000,
         "proxy_peak_rss_mb": run["hwm_kb"][proxy] / 1024 if proxy else None,
@@ -101,24 +105,29 @@ def markdown(meta, summary, checks):
              f"req/s). Machine: {meta['nproc']} cores, {meta['cpu_model']}, Linux "
              f"{meta['kernel']}; wrk {meta['wrk']}, nginx {meta['nginx']}; tree {meta['git']}.\n")
     L.append("Medians of the repetitions (errors: summed). CPU and RSS are the proxy's (relay "
-             "process; nginx master + workers). Latencies in µs.\n")
+             "process; bare Pingora process; nginx master + workers). `pingora` is "
+             "examples/bare_pingora.rs, Pingora tuned like the relay with no relay logic: "
+             "relay/pingora is the relay's own cost, pingora/nginx Pingora's. Latencies in µs.\n")
     L.append("| scenario | target | req/s | p50 | p99 | p99.9 | errors | proxy CPU s/1k req "
-             "| proxy peak RSS MB | req/s vs direct | req/s vs nginx | +p50 vs direct "
-             "| +p99 vs direct |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "| proxy peak RSS MB | req/s vs direct | req/s vs pingora | req/s vs nginx "
+             "| +p50 vs direct | +p99 vs direct |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen, cells in summary.items():
         for t in TARGETS:
             if t not in cells:
                 continue
             c = cells[t]
             d = cells.get("direct")
+            g = cells.get("pingora")
             n = cells.get("nginx")
-            L.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            L.append(("|" + " {} |" * 14).format(
                 scen, t, fmt(c["rps"], ",.0f"), c["p50_us"], c["p99_us"], c["p999_us"],
                 c["errors"], fmt(c["proxy_cpu_s_per_1k"], ".3f"),
                 fmt(c["proxy_peak_rss_mb"], ".1f"),
                 fmt(ratio(c["rps"], d["rps"]) if d and t != "direct" else None, ".2f"),
-                fmt(ratio(c["rps"], n["rps"]) if n and t == "relay" else None, ".2f"),
+                fmt(ratio(c["rps"], g["rps"]) if g and t == "relay" else None, ".2f"),
+                fmt(ratio(c["rps"], n["rps"]) if n and t in ("pingora", "relay") else None,
+                    ".2f"),
                 fmt(c["p50_us"] - d["p50_us"] if d and t != "direct" else None, "+.0f"),
                 fmt(c["p99_us"] - d["p99_us"] if d and t != "direct" else None, "+.0f")))
     L.append("")
@@ -131,6 +140,11 @@ def markdown(meta, summary, checks):
     return "\n".join(L)
 
 
+def bar_offset(i, n, w):
+    """x offset of bar i of n, each w wide, side by side and centred on their tick."""
+    return (i - (n - 1) / 2) * w
+
+
 def plot(summary, meta, path):
     try:
         import matplotlib
@@ -139,7 +153,7 @@ def plot(summary, meta, path):
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return False
-    colors = {"direct": "#9e9e9e", "relay": "#1f77b4", "nginx": "#2ca02c"}
+    colors = {"direct": "#9e9e9e", "pingora": "#ff7f0e", "relay": "#1f77b4", "nginx": "#2ca02c"}
     thr = [s for s in summary if s.startswith(("json", "sse"))]
     paced = [s for s in summary if s.startswith("paced")]
     if not thr and not paced:
@@ -147,9 +161,9 @@ def plot(summary, meta, path):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
 
     ax = axes[0]
-    w = 0.27
+    w = 0.2
     for i, t in enumerate(TARGETS):
-        xs = [j + (i - 1) * w for j in range(len(thr))]
+        xs = [j + bar_offset(i, len(TARGETS), w) for j in range(len(thr))]
         ys = [summary[s].get(t, {}).get("rps", 0) for s in thr]
         ax.bar(xs, ys, w, label=t, color=colors[t])
     ax.set_xticks(range(len(thr)), thr, rotation=20)
@@ -164,7 +178,7 @@ def plot(summary, meta, path):
             c = summary[s].get(t)
             if not c:
                 continue
-            x = idx + (i - 1) * w
+            x = idx + bar_offset(i, len(TARGETS), w)
             ax.bar(x, c["p50_us"], w * 0.9, color=colors[t], label=t if idx == 0 else None)
             ax.plot([x, x], [c["p50_us"], c["p99_us"]], color="black", lw=1)
             ax.plot(x, c["p99_us"], marker="_", color="black", ms=10)
@@ -178,8 +192,8 @@ def plot(summary, meta, path):
     ax.legend()
 
     ax = axes[2]
-    for i, t in enumerate(["relay", "nginx"]):
-        xs = [j + (i - 0.5) * w for j in range(len(thr))]
+    for i, t in enumerate(PROXIES):
+        xs = [j + bar_offset(i, len(PROXIES), w) for j in range(len(thr))]
         ys = [summary[s].get(t, {}).get("proxy_cpu_s_per_1k") or 0 for s in thr]
         ax.bar(xs, ys, w, label=t, color=colors[t])
     ax.set_xticks(range(len(thr)), thr, rotation=20)
@@ -187,8 +201,8 @@ def plot(summary, meta, path):
     ax.set_title("Proxy CPU cost")
     ax.legend()
 
-    fig.suptitle(f"cc-relay vs direct vs nginx — {meta['nproc']} cores shared by wrk, mock and "
-                 f"proxy; {meta['timestamp']}", fontsize=10)
+    fig.suptitle(f"cc-relay vs direct vs bare Pingora vs nginx — {meta['nproc']} cores shared by "
+                 f"wrk, mock and proxy; {meta['timestamp']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
