@@ -6,9 +6,10 @@
 //! CPU, memory and instructions per request, before the relay adds anything. The relay's cost
 //! above this line is ours; the cost below it is Pingora's.
 //!
-//! For the comparison to be fair the server is tuned exactly like the relay's
-//! (`src/lifecycle.rs`, `server_conf` and `serve`): `threads` single-threaded runtimes without
-//! work stealing, and a listener without Pingora's 64 KiB per-connection read buffer. Logging is
+//! For the comparison to be fair the server is built with the relay's own settings
+//! (`cc_relay::lifecycle::runtime_conf` and `client_listener`): `threads` single-threaded
+//! runtimes without work stealing, and a listener without Pingora's 64 KiB per-connection read
+//! buffer. Logging is
 //! set up like the relay's at level `warn` (`RUST_LOG` overrides it).
 //!
 //! usage: `bare_pingora LISTEN UPSTREAM THREADS`, e.g.
@@ -94,15 +95,13 @@ fn main() -> ExitCode {
         .parse_filters(&std::env::var("RUST_LOG").unwrap_or_default())
         .init();
 
-    // As the relay's `server_conf`; the short grace periods are those scripts/load.sh gives the
-    // relay, so SIGTERM stops this process within a couple of seconds (Pingora's default grace
-    // period is 5 minutes).
+    // The relay's runtime and listener settings (`cc_relay::lifecycle`); the short grace
+    // periods are those scripts/load.sh gives the relay, so SIGTERM stops this process within a
+    // couple of seconds (Pingora's default grace period is 5 minutes).
     let conf = ServerConf {
-        threads: args.threads,
-        work_stealing: false,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
+        ..cc_relay::lifecycle::runtime_conf(args.threads)
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
@@ -113,11 +112,7 @@ fn main() -> ExitCode {
             upstream: args.upstream,
         },
     );
-    // As the relay: no 64 KiB zero-filled read buffer per client connection.
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(args.listen.to_string())
-            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460)),
-    );
+    proxy.add_listener(cc_relay::lifecycle::client_listener(args.listen));
     server.add_service(proxy);
     server.run(RunArgs::default());
     ExitCode::SUCCESS

@@ -70,16 +70,33 @@ pub enum LifecycleError {
 pub fn server_conf(cfg: &Config) -> ServerConf {
     let s = &cfg.server;
     ServerConf {
-        threads: s.threads.max(1),
-        // One single-threaded runtime per thread, each connection kept on the thread it was
-        // given (like nginx workers): no work-stealing wake-ups between threads.
-        work_stealing: false,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         pid_file: s.pid_file.display().to_string(),
         upgrade_sock: s.upgrade_sock.display().to_string(),
+        ..runtime_conf(s.threads)
+    }
+}
+
+/// How the relay runs Pingora, apart from its config: also the settings of the bare Pingora
+/// proxy the benchmarks compare it with (`examples/bare_pingora.rs`), so the two cannot drift.
+pub fn runtime_conf(threads: usize) -> ServerConf {
+    ServerConf {
+        threads: threads.max(1),
+        // One single-threaded runtime per thread, each connection kept on the thread it was
+        // given (like nginx workers): no work-stealing wake-ups between threads.
+        work_stealing: false,
         ..ServerConf::default()
     }
+}
+
+/// The client listener as the relay opens it (and the benchmarks' bare Pingora proxy).
+pub fn client_listener(listen: SocketAddr) -> pingora::listeners::ListenerConfig {
+    // Pingora gives every client connection a 64 KiB read buffer by default, zero-filled and so
+    // resident even while the connection idles. Requests are parsed into Pingora's own
+    // buffers anyway: read straight from the socket.
+    pingora::listeners::ListenerConfig::tcp(listen.to_string())
+        .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460))
 }
 
 /// Run the relay until it is told to stop. `config_path` as given on the command line.
@@ -131,13 +148,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         Relay::new(state.clone()),
         "cc-relay",
     );
-    // Pingora gives every client connection a 64 KiB read buffer by default, zero-filled and so
-    // resident even while the connection idles. Requests are parsed into Pingora's own
-    // buffers anyway: read straight from the socket.
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(listen.to_string())
-            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460)),
-    );
+    proxy.add_listener(client_listener(listen));
     server.add_service(proxy);
     server.add_service(background_service(
         "cc-relay lifecycle",
@@ -175,34 +186,25 @@ fn ignore_sighup() {
 /// yielding, so that join can wait for ever while the log fills the disk (seen under load in
 /// valgrind). A thread of our own, outside Pingora's runtimes, ends the process instead.
 fn exit_on_interrupt(pid_file: PathBuf) {
+    let wait_for_interrupt = || -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        runtime.block_on(async {
+            signal(SignalKind::interrupt())?.recv().await;
+            Ok(())
+        })
+    };
     let watcher = std::thread::Builder::new()
         .name("cc-relay-sigint".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    log::warn!("SIGINT is left to Pingora: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::interrupt()) {
-                    Ok(mut interrupt) => {
-                        interrupt.recv().await;
-                    }
-                    Err(e) => {
-                        log::warn!("SIGINT is left to Pingora: {e}");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            });
-            log::info!("SIGINT: exiting now");
-            remove_pid_file_if_ours(&pid_file);
-            std::process::exit(0);
+        .spawn(move || match wait_for_interrupt() {
+            Ok(()) => {
+                log::info!("SIGINT: exiting now");
+                remove_pid_file_if_ours(&pid_file);
+                std::process::exit(0);
+            }
+            Err(e) => log::warn!("SIGINT is left to Pingora: {e}"),
         });
     if let Err(e) = watcher {
         log::warn!("SIGINT is left to Pingora: {e}");
@@ -439,7 +441,7 @@ impl LifecycleTask {
     /// (the grace period stays the upper bound: Pingora ends the process then anyway).
     async fn exit_when_drained(&self) {
         if !self.state.draining.load(Ordering::Relaxed) {
-            return; // a fast shutdown (SIGINT): Pingora exits by itself
+            return; // SIGINT: `exit_on_interrupt` ends the process
         }
         loop {
             if self.state.in_flight.load(Ordering::Acquire) == 0 {

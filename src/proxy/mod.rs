@@ -429,9 +429,10 @@ impl ProxyHttp for Relay {
                     // The relay supplies the key: no client credential reaches the upstream.
                     upstream.remove_header("x-api-key");
                     upstream.remove_header("authorization");
-                    if let Some(credential) = provider.auth_value(index) {
-                        upstream.insert_header(provider.auth.header_name(), credential.clone())?;
-                    }
+                    upstream.insert_header(
+                        provider.auth.header_name(),
+                        provider.auth_value(index).clone(),
+                    )?;
                 }
                 Err(exhausted) => {
                     ctx.local_error = Some(ApiError::PoolExhausted {

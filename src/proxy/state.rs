@@ -20,10 +20,8 @@ pub struct ProviderRuntime {
     /// Present when the provider has keys; `None` = passthrough of the client's credentials.
     pub pool: Option<KeyPool>,
     pub addrs: Arc<ResolvedAddrs>,
-    /// `Host` header / SNI for the upstream.
-    pub host_header: String,
     /// Header values built once per config rather than per request (a clone is a reference
-    /// count): the `Host` header, per key its credential (marked sensitive) and its id, the
+    /// count): the upstream's `Host`, per key its credential (marked sensitive) and its id, the
     /// pool size.
     pub host_value: HeaderValue,
     auth_values: Vec<HeaderValue>,
@@ -41,10 +39,9 @@ impl ProviderRuntime {
         self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
     }
 
-    /// The credential header value for the key at `index` of this provider's pool, `None`
-    /// when the key cannot be sent as a header value (the upstream would refuse it anyway).
-    pub fn auth_value(&self, index: usize) -> Option<&HeaderValue> {
-        self.auth_values.get(index)
+    /// The credential header value for the key at `index` of this provider's pool.
+    pub fn auth_value(&self, index: usize) -> &HeaderValue {
+        &self.auth_values[index]
     }
 
     /// The `x-cc-relay-key-id` value for the key at `index`, `None` when the id is not a valid
@@ -54,8 +51,9 @@ impl ProviderRuntime {
     }
 }
 
-/// Per key: its credential as a sensitive header value. A key that is not a valid header value
-/// gets an empty one, which the upstream refuses like any wrong key.
+/// Per key: its credential as a sensitive header value. Config validation refuses keys that a
+/// header cannot carry; were one to get through, it would be sent empty and refused upstream
+/// like any wrong key.
 fn auth_values(provider: &ProviderConfig, auth: AuthStyle) -> Vec<HeaderValue> {
     provider
         .keys
@@ -122,12 +120,10 @@ impl RuntimeState {
                 _ => Arc::new(ResolvedAddrs::new(&p.base_url, resolve_now(&p.base_url))),
             };
             let auth = AuthStyle::for_kind(p.kind);
-            let host_header = p.base_url.host_header();
             providers.push(ProviderRuntime {
                 auth,
-                host_value: HeaderValue::from_str(&host_header)
+                host_value: HeaderValue::from_str(&p.base_url.host_header())
                     .unwrap_or_else(|_| HeaderValue::from_static("")),
-                host_header,
                 auth_values: auth_values(p, auth),
                 key_id_values: p
                     .keys
