@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 /// Requests sent in a loop by `workers` tasks until stopped; counts successes and failures.
 struct Load {
@@ -92,15 +91,20 @@ fn provider(mock: &MockUpstream, keys: &str, extra: &str) -> String {
 const ONE_KEY: &str = "      - name: one\n        key: sk-one\n        priority: 1\n";
 const TWO_KEYS: &str = "      - name: one\n        key: sk-one\n        priority: 1\n      - name: two\n        key: sk-two\n        priority: 2\n";
 
-async fn get_json(relay: &RelayProcess, path: &str) -> Value {
-    client()
-        .get(relay.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// A streamed `/v1/messages` whose `events` deltas come `interval_ms` apart: a request that is
+/// still in flight while a signal arrives.
+async fn open_stream(relay: &RelayProcess, events: &str, interval_ms: &str) -> reqwest::Response {
+    let resp = post_messages(
+        relay,
+        &message_body("m", true),
+        &[
+            ("x-mock-events", events),
+            ("x-mock-event-interval-ms", interval_ms),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    resp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,13 +284,7 @@ async fn binary_upgrade_under_load_loses_nothing_and_finishes_streams() {
 async fn sigterm_drains_a_stream_in_flight_then_exits_zero() {
     let mock = start_mock().await;
     let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
-    let resp = post_messages(
-        &relay,
-        &message_body("m", true),
-        &[("x-mock-events", "10"), ("x-mock-event-interval-ms", "200")],
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
+    let resp = open_stream(&relay, "10", "200").await;
     relay.signal(Signal::SIGTERM);
     let mut body = resp.bytes_stream();
     let mut text = String::new();
@@ -347,16 +345,7 @@ async fn sigint_exits_at_once_without_spinning_on_closed_signal_streams() {
     let mock = start_mock().await;
     let mut relay = RelayProcess::start("", &provider(&mock, ONE_KEY, ""));
     // A stream in flight: SIGINT does not wait for it (that is SIGTERM's job).
-    let resp = post_messages(
-        &relay,
-        &message_body("m", true),
-        &[
-            ("x-mock-events", "100"),
-            ("x-mock-event-interval-ms", "200"),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
+    let _stream = open_stream(&relay, "100", "200").await;
     relay.signal(Signal::SIGINT);
     assert_eq!(relay.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(!relay.dir.path().join("relay.pid").exists());

@@ -53,17 +53,6 @@ async fn send(relay: &RelayProcess, body: &Value, headers: &[(&str, &str)]) -> S
     }
 }
 
-async fn status_of(relay: &RelayProcess) -> Value {
-    client()
-        .get(relay.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn key_status<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["providers"][0]["keys"]
         .as_array()
@@ -176,7 +165,7 @@ async fn upstream_remaining_zero_skips_the_key_until_reset() {
             "a key with 0 remaining was used"
         );
     }
-    let st = status_of(&relay).await;
+    let st = get_json(&relay, "/status").await;
     assert_eq!(key_status(&st, "first")["requests"]["limit"], 50);
 }
 
@@ -208,7 +197,7 @@ async fn upstream_429_cools_the_key_and_retries_transparently() {
     // The hot key stays out for its retry-after.
     let next = send(&relay, &message_body("m", false), &[]).await;
     assert_eq!(next.key_id.as_deref(), Some("spare"));
-    let st = status_of(&relay).await;
+    let st = get_json(&relay, "/status").await;
     let cooling = key_status(&st, "hot")["cooling_down_ms"].as_u64().unwrap();
     assert!((20_000..=30_000).contains(&cooling), "cooling {cooling} ms");
 }
@@ -230,7 +219,7 @@ async fn streaming_request_retries_on_529_before_any_byte() {
     let text = resp.text().await.unwrap();
     assert!(text.contains("message_stop"));
     // 529 is not the key's fault: no cooldown.
-    let st = status_of(&relay).await;
+    let st = get_json(&relay, "/status").await;
     assert!(key_status(&st, "a")["cooling_down_ms"].is_null());
 }
 
@@ -255,7 +244,7 @@ async fn a_refused_key_is_disabled_and_routed_around() {
         assert_eq!(s.key_id.as_deref(), Some("good"));
     }
     assert_eq!(tally(&mock).get("sk-revoked"), Some(&1));
-    let st = status_of(&relay).await;
+    let st = get_json(&relay, "/status").await;
     assert_eq!(key_status(&st, "revoked")["disabled"], true);
     assert!(relay.wait_for_log("revoked", Duration::from_secs(2)));
     assert!(
@@ -313,7 +302,7 @@ async fn streamed_usage_settles_output_tokens() {
     // Settlement happens as the response ends; give the relay a moment to finish it.
     let deadline = Instant::now() + Duration::from_secs(3);
     let remaining = loop {
-        let st = status_of(&relay).await;
+        let st = get_json(&relay, "/status").await;
         let k = key_status(&st, "only");
         if k["in_flight"] == 0 || Instant::now() > deadline {
             break k["output_tokens"]["remaining"].as_u64().unwrap();

@@ -243,6 +243,18 @@ pub async fn post_messages(
     req.send().await.unwrap()
 }
 
+/// `GET path` on `relay`, as JSON (`/health`, `/status`).
+pub async fn get_json(relay: &RelayProcess, path: &str) -> serde_json::Value {
+    client()
+        .get(relay.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// `cc-relay <command> --config <config>`, run off the async runtime.
 pub async fn run_cli(command: &'static str, config: &Path) -> std::process::Output {
     let config = config.to_owned();
