@@ -9,6 +9,8 @@
 # Installs what is missing: perf (apt: linux-perf), wrk (apt), inferno (cargo install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 MODE=${MODE:-json}
 CONNS=${CONNS:-32}
 SECONDS_UNDER_LOAD=${SECONDS_UNDER_LOAD:-10}
@@ -30,51 +32,17 @@ cargo build --release --bins >&2
 DIR=$(mktemp -d /tmp/cc-relay-flame.XXXXXX)
 PIDS=()
 cleanup() {
-  local p i
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
-read -r MOCK_PORT RELAY_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(2)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
-wait_port() {
-  local i
-  for i in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
+read -r MOCK_PORT RELAY_PORT < <(free_ports 2)
 
 target/release/cc-relay-mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >"$DIR/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MOCK_PORT"
-cat >"$DIR/relay.yaml" <<YAML
-server:
-  listen: "127.0.0.1:$RELAY_PORT"
-  threads: 2
-  pid_file: "$DIR/relay.pid"
-  upgrade_sock: "$DIR/upgrade.sock"
-providers:
-  - name: mock
-    type: anthropic
-    base_url: "http://127.0.0.1:$MOCK_PORT"
-    keys:
-      - name: flame-1
-        key: "sk-flame-1"
-        rpm_limit: 0
-logging:
-  level: warn
-YAML
+write_relay_config "$DIR/relay.yaml" "$RELAY_PORT" "$MOCK_PORT" 2 "$DIR"
 target/release/cc-relay serve --config "$DIR/relay.yaml" >"$DIR/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")

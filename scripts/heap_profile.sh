@@ -9,6 +9,8 @@
 # stopped on exit. Heap bytes, not RSS: pages of a buffer never written are never resident.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 STREAMS=${STREAMS:-1000}
 SECONDS_UNDER_LOAD=${SECONDS_UNDER_LOAD:-12}
 RELAY_BIN=${RELAY_BIN:-target/release/cc-relay}
@@ -21,51 +23,22 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 DIR=$(mktemp -d /tmp/cc-relay-heap.XXXXXX)
 PIDS=()
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  stop_pids "${PIDS[@]}"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
-read -r MOCK_PORT RELAY_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(2)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
-wait_port() {
-  local i
-  for i in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
+read -r MOCK_PORT RELAY_PORT < <(free_ports 2)
 
 target/release/cc-relay-mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >"$DIR/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MOCK_PORT"
-cat >"$DIR/relay.yaml" <<YAML
-server:
-  listen: "127.0.0.1:$RELAY_PORT"
-  threads: 2
-  pid_file: "$DIR/relay.pid"
-  upgrade_sock: "$DIR/upgrade.sock"
-providers:
-  - name: mock
-    type: anthropic
-    base_url: "http://127.0.0.1:$MOCK_PORT"
-    keys:
-      - name: heap-1
-        key: "sk-heap-1"
-        rpm_limit: 0
-logging:
-  level: warn
-YAML
+write_relay_config "$DIR/relay.yaml" "$RELAY_PORT" "$MOCK_PORT" 2 "$DIR"
 valgrind --tool=massif --massif-out-file="$DIR/massif.out" --depth=40 \
   "$RELAY_BIN" serve --config "$DIR/relay.yaml" >"$DIR/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
-wait_port "$RELAY_PORT" || { cat "$DIR/relay.log" >&2; exit 1; }
+wait_port "$RELAY_PORT" 600 || { cat "$DIR/relay.log" >&2; exit 1; }
 
 python3 scripts/load_body.py small --stream >"$DIR/body.json"
 cat >"$DIR/streams.lua" <<LUA

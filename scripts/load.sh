@@ -35,6 +35,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # The settings given in the environment, to record how this run was made.
 OVERRIDES=""
@@ -119,20 +121,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r MOCK_PORT RELAY_PORT NGINX_PORT PINGORA_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
-
-wait_port() {
-  local i
-  for i in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
+read -r MOCK_PORT RELAY_PORT NGINX_PORT PINGORA_PORT < <(free_ports 4)
 
 "$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads "$MOCK_THREADS" \
   --latency-ms "$LATENCY_MS" --events "$EVENTS" >"$DIR/mock.log" 2>&1 &
@@ -140,25 +129,7 @@ MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_port "$MOCK_PORT" || die "mock did not start: $(cat "$DIR/mock.log")"
 
-cat >"$DIR/relay.yaml" <<YAML
-server:
-  listen: "127.0.0.1:$RELAY_PORT"
-  threads: $THREADS
-  pid_file: "$DIR/relay.pid"
-  upgrade_sock: "$DIR/relay-upgrade.sock"
-  grace_period_seconds: 1
-  graceful_shutdown_timeout_seconds: 1
-providers:
-  - name: mock
-    type: anthropic
-    base_url: "http://127.0.0.1:$MOCK_PORT"
-    keys:
-      - name: load-1
-        key: "sk-load-1"
-        rpm_limit: 0
-logging:
-  level: warn
-YAML
+write_relay_config "$DIR/relay.yaml" "$RELAY_PORT" "$MOCK_PORT" "$THREADS" "$DIR"
 start_relay() {
   env -u RUST_LOG -u ANTHROPIC_API_KEY "$RELAY_BIN" serve --config "$DIR/relay.yaml" \
     >>"$DIR/relay.log" 2>&1 &
