@@ -59,6 +59,30 @@ async fn json_round_trip_injects_the_key_and_strips_client_credentials() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_headers_stay_on_the_client_side() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start("", &single_key(&mock, ""));
+    let resp = client()
+        .post(relay.url("/v1/messages"))
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic cHJveHk6c2VjcmV0")
+        .header("te", "trailers")
+        .header("accept-encoding", "gzip")
+        .header("x-custom-e2e", "kept")
+        .json(&message_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = mock.requests();
+    let r = &seen[0];
+    for name in ["keep-alive", "proxy-authorization", "te", "accept-encoding"] {
+        assert_eq!(r.header(name), None, "{name} reached the upstream");
+    }
+    assert_eq!(r.header("x-custom-e2e"), Some("kept"));
+}
+
+#[tokio::test]
 async fn streaming_is_relayed_event_by_event() {
     let mock = start_mock().await;
     let relay = RelayProcess::start("", &single_key(&mock, ""));

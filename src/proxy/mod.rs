@@ -399,16 +399,15 @@ impl ProxyHttp for Relay {
         let state = ctx.state.clone().expect("set by request_filter");
         let provider = &state.providers[ctx.provider];
 
-        // One pass over the names present (usually none match) instead of nine
-        // remove_header(&str) calls, each of which parses and hashes a name.
-        let present: Vec<http::HeaderName> = upstream
+        // Scan the names present (one or two match at most, e.g. `connection`) instead of nine
+        // remove_header(&str) calls, each of which parses and hashes a name; no list is built.
+        while let Some(name) = upstream
             .headers
             .keys()
-            .filter(|k| HOP_BY_HOP.contains(&k.as_str()))
+            .find(|k| HOP_BY_HOP.contains(&k.as_str()))
             .cloned()
-            .collect();
-        for name in &present {
-            upstream.remove_header(name);
+        {
+            upstream.remove_header(&name);
         }
 
         if let Some(pool) = &provider.pool {
