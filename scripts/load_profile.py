@@ -9,7 +9,7 @@ usage: python3 scripts/load_profile.py [--target relay|pingora|nginx] [--relay-b
                                        [--top 25]
 
 The target runs under `valgrind --tool=callgrind` with one worker thread (relay: server.threads
-1; bare Pingora: THREADS 1, built with `cargo build --release --example bare_pingora` if missing;
+1; bare Pingora: THREADS 1, both built by the script;
 nginx: one worker, master_process off); wrk drives it with 4 keep-alive connections; counters
 are zeroed after a 3 s warm-up and dumped at the end, then divided by the requests wrk
 completed. Prints instructions/request, the functions with the most instructions (self), the
@@ -164,15 +164,14 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
     ensure_tools()
+    # Always through cargo (a no-op when up to date), as scripts/load.sh: a stale binary would
+    # profile old code.
+    subprocess.run(["cargo", "build", "--release", "--bins", "--example", "bare_pingora"],
+                   cwd=ROOT, check=True)
     mock_bin = os.path.join(ROOT, "target/release/cc-relay-mock")
-    for b in (mock_bin, a.relay_bin):
-        if not os.access(b, os.X_OK):
-            sys.exit(f"{b} is missing: run `cargo build --release` first")
     pingora_bin = os.path.join(ROOT, "target/release/examples/bare_pingora")
-    if a.target == "pingora" and not os.access(pingora_bin, os.X_OK):
-        print("building the bare Pingora proxy (examples/bare_pingora.rs)", file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "--example", "bare_pingora"], cwd=ROOT,
-                       check=True)
+    if not os.access(a.relay_bin, os.X_OK):
+        sys.exit(f"{a.relay_bin} is not an executable")
 
     d = tempfile.mkdtemp(prefix="cc-relay-profile.")
     procs = []
