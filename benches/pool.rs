@@ -43,6 +43,7 @@ fn pool(keys: usize, strategy: Strategy) -> KeyPool {
             otpm_limit: 400_000,
             priority: if i % 4 == 3 { 1 } else { 2 },
             weight: 1.0 + (i % 3) as f64,
+            max_cooldown: cc_relay::pool::DEFAULT_MAX_COOLDOWN,
         })
         .collect();
     KeyPool::new(specs, strategy)

@@ -40,6 +40,10 @@ const DNS_REFRESH: Duration = Duration::from_secs(60);
 /// How often a host that has no address yet (e.g. DNS was down at start-up) is retried.
 const DNS_RETRY: Duration = Duration::from_secs(5);
 
+/// How long start-up waits for Pingora's listener to accept connections (Pingora retries a
+/// bind for a while before giving up).
+const LISTEN_WAIT: Duration = Duration::from_secs(60);
+
 /// How long an in-place upgrade waits for the new process to be ready for the listeners.
 const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
@@ -64,6 +68,54 @@ pub enum LifecycleError {
     UpgradeUnconfirmed(Duration),
     #[error("the relay rejected the new config and keeps serving the old one:\n{0}")]
     ReloadRejected(String),
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+}
+
+/// Bind `listen` once, before Pingora does and before anything is claimed (the pid file): a
+/// port that is taken or not ours to bind is a clear error and a non-zero exit, not a process
+/// that logs "listening", overwrites another relay's pid file and lives on without a listener.
+fn check_can_listen(listen: SocketAddr) -> Result<(), LifecycleError> {
+    std::net::TcpListener::bind(listen)
+        .map(drop)
+        .map_err(|source| LifecycleError::Listen {
+            addr: listen,
+            hint: match source.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    " (another process, perhaps another cc-relay, is listening there)"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                }
+                _ => "",
+            },
+            source,
+        })
+}
+
+/// Pingora builds its listeners inside a service task and panics there when it cannot (after
+/// retrying for a while); the rest of the process would live on without a listener. Should
+/// that happen after `check_can_listen` (the port taken in between), end the process.
+fn exit_when_listeners_fail(listen: SocketAddr, pid_file: PathBuf) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("Failed to build listeners") {
+            log::error!("cannot listen on {listen}: {message}; exiting");
+            remove_pid_file_if_ours(&pid_file);
+            std::process::exit(1);
+        }
+    }));
 }
 
 /// Pingora's server settings from ours: one config file for the user.
@@ -126,6 +178,11 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         );
     }
 
+    if !upgrade {
+        // An upgrade takes the listening socket from the running relay instead.
+        check_can_listen(cfg.server.listen)?;
+    }
+
     let reload_path = match &source {
         ConfigSource::File(path) => Some(path.clone()),
         ConfigSource::Embedded => None,
@@ -154,16 +211,14 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         "cc-relay lifecycle",
         LifecycleTask {
             state,
+            listen,
             config_path: reload_path,
             pid_file: pid_file.clone(),
             upgrade_sock,
             exe: own_executable(),
         },
     ));
-    log::info!(
-        "cc-relay {} listening on http://{listen}",
-        env!("CARGO_PKG_VERSION")
-    );
+    exit_when_listeners_fail(listen, pid_file.clone());
     exit_on_interrupt(pid_file.clone());
     server.run(RunArgs::default());
     remove_pid_file_if_ours(&pid_file);
@@ -318,6 +373,7 @@ fn own_executable() -> PathBuf {
 /// refresh.
 struct LifecycleTask {
     state: SharedState,
+    listen: SocketAddr,
     config_path: Option<PathBuf>,
     pid_file: PathBuf,
     upgrade_sock: PathBuf,
@@ -343,6 +399,19 @@ impl BackgroundService for LifecycleTask {
                 return;
             }
         };
+        // The pid file and systemd's READY say "this process serves": only once it does.
+        if !wait_listening(self.listen).await {
+            log::error!(
+                "not listening on {} after {LISTEN_WAIT:?}; exiting",
+                self.listen
+            );
+            std::process::exit(1);
+        }
+        log::info!(
+            "cc-relay {} listening on http://{}",
+            env!("CARGO_PKG_VERSION"),
+            self.listen
+        );
         if let Err(e) = write_pid_file(&self.pid_file) {
             log::warn!("{e}; `cc-relay reload` will not find this process");
         }
@@ -507,6 +576,20 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Wait until `listen` accepts a connection (our listener: `check_can_listen` found the port
+/// free, or an upgrade handed us the socket).
+async fn wait_listening(listen: SocketAddr) -> bool {
+    let addr = loopback_of(listen);
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Tell systemd (when it started us with `Type=notify`) about our state. Silent otherwise.
 fn notify_systemd(state: &str) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -562,8 +645,11 @@ pub fn send_reload(config_path: &Path) -> Result<String, LifecycleError> {
     let cfg = config::load_file(config_path)?;
     let pid_file = &cfg.server.pid_file;
     let pid = read_pid(pid_file)?;
-    let health_addr = loopback_of(cfg.server.listen);
-    let before = health(health_addr).map_or(0, |h| h.attempts);
+    let addr = loopback_of(cfg.server.listen);
+    let credential = client_credential(&cfg.server.auth);
+    // `None` when the running relay does not take this file's credential yet (the reload
+    // changes it): then the first answer that does take it is the reload landing.
+    let before = reload_state(addr, credential.as_ref()).map(|s| s.attempts);
 
     signal_running(pid, pid_file, nix::sys::signal::Signal::SIGHUP)?;
 
@@ -571,13 +657,13 @@ pub fn send_reload(config_path: &Path) -> Result<String, LifecycleError> {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        match health(health_addr) {
-            Some(h) if h.attempts > before => {
-                return match h.error {
+        match reload_state(addr, credential.as_ref()) {
+            Some(s) if before.is_none_or(|b| s.attempts > b) => {
+                return match s.error {
                     Some(error) => Err(LifecycleError::ReloadRejected(error)),
                     None => Ok(format!(
                         "reloaded: pid {pid} now serves config generation {}",
-                        h.generation
+                        s.generation
                     )),
                 }
             }
@@ -600,7 +686,7 @@ pub fn send_upgrade(config_path: &Path) -> Result<String, LifecycleError> {
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         match read_pid(pid_file) {
-            Ok(new) if new != old && health(health_addr).is_some() => {
+            Ok(new) if new != old && answers_health(health_addr) => {
                 return Ok(format!(
                     "upgraded: pid {new} serves; pid {old} drains its requests and exits"
                 ))
@@ -637,29 +723,61 @@ fn loopback_of(listen: SocketAddr) -> SocketAddr {
     addr
 }
 
-struct Health {
+/// How the running relay's reloads went, from its `/status`.
+struct ReloadState {
     generation: u64,
     attempts: u64,
     error: Option<String>,
 }
 
-/// `GET /health` with a minimal blocking HTTP/1.1 exchange.
-fn health(addr: SocketAddr) -> Option<Health> {
+/// The header a client presents the relay's credential in, from `server.auth`.
+fn client_credential(auth: &config::AuthConfig) -> Option<(&'static str, String)> {
+    if let Some(key) = &auth.api_key {
+        return Some(("x-api-key", key.expose().to_owned()));
+    }
+    auth.bearer_secret
+        .as_ref()
+        .map(|s| ("authorization", format!("Bearer {}", s.expose())))
+}
+
+/// `GET /status` (behind the relay's credential: a failed reload's message may quote the file).
+fn reload_state(addr: SocketAddr, credential: Option<&(&str, String)>) -> Option<ReloadState> {
+    let (status, v) = get_json(addr, "/status", credential)?;
+    if status != 200 {
+        return None;
+    }
+    Some(ReloadState {
+        generation: v["config_generation"].as_u64()?,
+        attempts: v["reload"]["attempts"].as_u64()?,
+        error: v["reload"]["last_error"].as_str().map(str::to_owned),
+    })
+}
+
+/// Whether the relay at `addr` answers `GET /health`.
+fn answers_health(addr: SocketAddr) -> bool {
+    get_json(addr, "/health", None).is_some_and(|(status, _)| status == 200)
+}
+
+/// One blocking HTTP/1.1 exchange with the local relay: status and JSON body.
+fn get_json(
+    addr: SocketAddr,
+    path: &str,
+    credential: Option<&(&str, String)>,
+) -> Option<(u16, serde_json::Value)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some((name, value)) = credential {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    Some(Health {
-        generation: v["config_generation"].as_u64()?,
-        attempts: v["reload_attempts"].as_u64()?,
-        error: v["last_reload_error"].as_str().map(str::to_owned),
-    })
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body.trim()).ok()?))
 }
 
 #[cfg(test)]

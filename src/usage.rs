@@ -17,6 +17,26 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
+impl Usage {
+    /// What the response costs against `max_tokens` worth of output and the key's input
+    /// budget: input plus cache writes (cache reads do not count toward input limits), added
+    /// without wrapping, and output no more than the request allowed (`max_tokens`, when
+    /// given) — the upstream cannot have produced more, whatever its figure says.
+    pub fn settlement(&self, max_tokens: u64) -> crate::pool::Settlement {
+        let output = if max_tokens > 0 {
+            self.output_tokens.min(max_tokens)
+        } else {
+            self.output_tokens
+        };
+        crate::pool::Settlement {
+            input_tokens: self
+                .input_tokens
+                .saturating_add(self.cache_creation_input_tokens),
+            output_tokens: output,
+        }
+    }
+}
+
 /// The `usage` object as sent: every field optional (and nullable), unknown fields (such as
 /// `cache_creation`, `server_tool_use`, `service_tier`) ignored.
 #[derive(Deserialize, Default)]
@@ -458,6 +478,32 @@ fn is_escaped(buf: &[u8], pos: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settlement_never_wraps_and_never_exceeds_max_tokens() {
+        let hostile = Usage {
+            input_tokens: u64::MAX - 1,
+            cache_creation_input_tokens: 10,
+            cache_read_input_tokens: u64::MAX,
+            output_tokens: 1_000_000_000_000_000_000,
+        };
+        let s = hostile.settlement(64_000);
+        assert_eq!(s.input_tokens, u64::MAX);
+        assert_eq!(s.output_tokens, 64_000);
+        // Without max_tokens (count_tokens), the figure stands; the bucket caps its effect.
+        assert_eq!(
+            hostile.settlement(0).output_tokens,
+            1_000_000_000_000_000_000
+        );
+        let honest = Usage {
+            input_tokens: 100,
+            cache_creation_input_tokens: 20,
+            cache_read_input_tokens: 5_000,
+            output_tokens: 300,
+        };
+        let s = honest.settlement(64_000);
+        assert_eq!((s.input_tokens, s.output_tokens), (120, 300));
+    }
 
     fn stream(output_deltas: &[u64]) -> String {
         let mut s = String::new();

@@ -157,9 +157,9 @@ async fn invalid_config_on_sighup_keeps_the_old_one_serving() {
         "the reload error does not name the field:\n{}",
         relay.logs()
     );
-    let health = get_json(&relay, "/health").await;
-    assert_eq!(health["config_generation"], 1);
-    assert!(health["last_reload_error"]
+    let status = get_json(&relay, "/status").await;
+    assert_eq!(status["config_generation"], 1);
+    assert!(status["reload"]["last_error"]
         .as_str()
         .unwrap()
         .contains("priority"));
@@ -353,4 +353,24 @@ async fn sigint_exits_at_once_without_spinning_on_closed_signal_streams() {
     assert!(logs.contains("SIGINT: exiting now"), "{logs}");
     assert!(!logs.contains("config reloaded"), "{logs}");
     assert!(!logs.contains("upgrade:"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_confirms_through_the_authenticated_status() {
+    let mock = start_mock().await;
+    let auth = "  auth:\n    api_key: relay-secret\n";
+    let relay = RelayProcess::start(auth, &provider(&mock, ONE_KEY, ""));
+    relay.rewrite_config(auth, &provider(&mock, TWO_KEYS, ""));
+    let out = run_cli("reload", &relay.config_path).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        relay.logs()
+    );
+    assert!(stdout.contains("generation 2"), "{stdout}");
+    // What the command read is not on the open endpoint.
+    let health = get_json(&relay, "/health").await;
+    assert!(health.get("reload").is_none() && health.get("last_reload_error").is_none());
 }

@@ -10,23 +10,6 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// `(id, secret, extra yaml lines for the key)`.
-type KeyDef<'a> = (&'a str, &'a str, &'a str);
-
-fn pool_config(mock: &MockUpstream, keys: &[KeyDef<'_>], provider_extra: &str) -> String {
-    let mut s = format!(
-        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n{provider_extra}    keys:\n",
-        mock.base_url()
-    );
-    for (id, secret, extra) in keys {
-        s.push_str(&format!("      - name: {id}\n        key: \"{secret}\"\n"));
-        for line in extra.lines() {
-            s.push_str(&format!("        {line}\n"));
-        }
-    }
-    s
-}
-
 struct Sent {
     status: u16,
     key_id: Option<String>,
@@ -51,15 +34,6 @@ async fn send(relay: &RelayProcess, body: &Value, headers: &[(&str, &str)]) -> S
         retry_after,
         body,
     }
-}
-
-fn key_status<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["providers"][0]["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .unwrap()
 }
 
 fn tally(mock: &MockUpstream) -> HashMap<String, usize> {

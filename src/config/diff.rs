@@ -207,6 +207,13 @@ fn provider(o: &ProviderConfig, n: &ProviderConfig) -> Vec<String> {
             n.pooling.max_wait.as_millis()
         ));
     }
+    if o.pooling.max_cooldown != n.pooling.max_cooldown {
+        items.push(format!(
+            "pooling.max_cooldown_ms {}→{}",
+            o.pooling.max_cooldown.as_millis(),
+            n.pooling.max_cooldown.as_millis()
+        ));
+    }
     keys(&o.keys, &n.keys, &mut items);
     items
 }

@@ -9,6 +9,11 @@
 //! anything else stays a literal `$`. Unlike the Go version, an unset variable without a default
 //! is an error: a typo in a variable name must not silently produce an empty key.
 
+/// How deep `${A:-${B:-...}}` defaults may nest. Expansion recurses into defaults, so without
+/// a bound a hostile or broken file (`${N:-` × 10,000) would overflow the stack of a running
+/// relay on reload; real configs nest one or two levels.
+pub(crate) const MAX_NESTING: usize = 16;
+
 /// Looks a variable up; `None` = unset.
 pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -21,86 +26,132 @@ pub(crate) fn process_env(name: &str) -> Option<String> {
 /// Expands `input`. Errors are messages without the field path (the caller adds it) and never
 /// contain a variable's value or a default's text, which may be secrets.
 pub(crate) fn expand(input: &str, env: Env<'_>) -> Result<String, Vec<String>> {
+    expand_tracked(input, env).map(|e| e.text)
+}
+
+/// The result of expanding one string.
+pub(crate) struct Expansion {
+    pub text: String,
+    /// Variables referenced without a default (`${VAR}`, `$VAR`) that are set but empty: what
+    /// made an empty result empty, as opposed to an explicit empty default (`${VAR:-}`).
+    pub empty_variables: Vec<String>,
+}
+
+/// [`expand`], also telling which variables were set but empty.
+pub(crate) fn expand_tracked(input: &str, env: Env<'_>) -> Result<Expansion, Vec<String>> {
+    let mut expander = Expander {
+        env,
+        out: String::with_capacity(input.len()),
+        errors: Vec::new(),
+        empty_variables: Vec::new(),
+    };
     if !input.contains('$') {
-        return Ok(input.to_string());
-    }
-    let mut out = String::with_capacity(input.len());
-    let mut errors = Vec::new();
-    expand_into(input, env, &mut out, &mut errors);
-    if errors.is_empty() {
-        Ok(out)
+        expander.out.push_str(input);
     } else {
-        Err(errors)
+        expander.expand_into(input, 0);
+    }
+    if expander.errors.is_empty() {
+        Ok(Expansion {
+            text: expander.out,
+            empty_variables: expander.empty_variables,
+        })
+    } else {
+        Err(expander.errors)
     }
 }
 
-fn expand_into(input: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<String>) {
-    let bytes = input.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let Some(offset) = input[i..].find('$') else {
-            out.push_str(&input[i..]);
-            break;
-        };
-        out.push_str(&input[i..i + offset]);
-        i += offset;
-        // `i` is at a `$`.
-        match bytes.get(i + 1) {
-            Some(b'$') => {
-                out.push('$');
-                i += 2;
-            }
-            Some(b'{') => {
-                let start = i + 2;
-                let Some(len) = matching_brace(&input[start..]) else {
-                    errors.push("unterminated `${` (write `$$` for a literal `$`)".to_string());
-                    return;
-                };
-                let inner = &input[start..start + len];
-                braced(inner, env, out, errors);
-                i = start + len + 1;
-            }
-            Some(&c) if is_name_start(c) => {
-                let start = i + 1;
-                let len = input[start..]
-                    .bytes()
-                    .take_while(|&b| is_name_char(b))
-                    .count();
-                let name = &input[start..start + len];
-                match env(name) {
-                    Some(v) => out.push_str(&v),
-                    None => errors.push(unset(name)),
+struct Expander<'a> {
+    env: Env<'a>,
+    out: String,
+    errors: Vec<String>,
+    empty_variables: Vec<String>,
+}
+
+impl Expander<'_> {
+    /// A variable referenced without a default.
+    fn substitute(&mut self, name: &str) {
+        match (self.env)(name) {
+            Some(v) => {
+                if v.is_empty() {
+                    self.empty_variables.push(name.to_string());
                 }
-                i = start + len;
+                self.out.push_str(&v);
             }
-            _ => {
-                out.push('$');
-                i += 1;
+            None => self.errors.push(unset(name)),
+        }
+    }
+
+    fn expand_into(&mut self, input: &str, depth: usize) {
+        let bytes = input.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let Some(offset) = input[i..].find('$') else {
+                self.out.push_str(&input[i..]);
+                break;
+            };
+            self.out.push_str(&input[i..i + offset]);
+            i += offset;
+            // `i` is at a `$`.
+            match bytes.get(i + 1) {
+                Some(b'$') => {
+                    self.out.push('$');
+                    i += 2;
+                }
+                Some(b'{') => {
+                    let start = i + 2;
+                    let Some(len) = matching_brace(&input[start..]) else {
+                        self.errors
+                            .push("unterminated `${` (write `$$` for a literal `$`)".to_string());
+                        return;
+                    };
+                    let inner = &input[start..start + len];
+                    self.braced(inner, depth);
+                    i = start + len + 1;
+                }
+                Some(&c) if is_name_start(c) => {
+                    let start = i + 1;
+                    let len = input[start..]
+                        .bytes()
+                        .take_while(|&b| is_name_char(b))
+                        .count();
+                    let name = &input[start..start + len];
+                    self.substitute(name);
+                    i = start + len;
+                }
+                _ => {
+                    self.out.push('$');
+                    i += 1;
+                }
             }
         }
     }
-}
 
-/// The content of `${...}`: `NAME` or `NAME:-default`.
-fn braced(inner: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<String>) {
-    let (name, default) = match inner.find(":-") {
-        Some(p) => (&inner[..p], Some(&inner[p + 2..])),
-        None => (inner, None),
-    };
-    if !is_name(name) {
-        // The text is not echoed: a mistyped reference may well be a pasted secret.
-        errors.push(
-            "invalid `${...}`: it must hold a variable name ([A-Za-z_][A-Za-z0-9_]*), \
-             optionally followed by `:-default` (write `$$` for a literal `$`)"
-                .to_string(),
-        );
-        return;
-    }
-    match (env(name), default) {
-        (Some(v), Some(_)) if !v.is_empty() => out.push_str(&v),
-        (Some(v), None) => out.push_str(&v),
-        (_, Some(d)) => expand_into(d, env, out, errors),
-        (None, None) => errors.push(unset(name)),
+    /// The content of `${...}`: `NAME` or `NAME:-default`.
+    fn braced(&mut self, inner: &str, depth: usize) {
+        let (name, default) = match inner.find(":-") {
+            Some(p) => (&inner[..p], Some(&inner[p + 2..])),
+            None => (inner, None),
+        };
+        if !is_name(name) {
+            // The text is not echoed: a mistyped reference may well be a pasted secret.
+            self.errors.push(
+                "invalid `${...}`: it must hold a variable name ([A-Za-z_][A-Za-z0-9_]*), \
+                 optionally followed by `:-default` (write `$$` for a literal `$`)"
+                    .to_string(),
+            );
+            return;
+        }
+        let Some(default) = default else {
+            self.substitute(name);
+            return;
+        };
+        match (self.env)(name) {
+            Some(v) if !v.is_empty() => self.out.push_str(&v),
+            _ if depth >= MAX_NESTING => self.errors.push(format!(
+                "`${{VAR:-default}}` defaults are nested more than {MAX_NESTING} levels deep"
+            )),
+            _ => self.expand_into(default, depth + 1),
+        }
     }
 }
 

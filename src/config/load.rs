@@ -184,16 +184,19 @@ pub(crate) fn load_with_env(
     };
     // A field the walk rejected was dropped, so validation may complain again about the same
     // place ("is required"): keep only the first, more precise, message for each place.
-    let errored: Vec<String> = walk_errors
+    // A set of the places, and each later message checked by its prefixes ending at a `.` or a
+    // `[`: linear in the number of messages (a file can hold 100,000 broken entries).
+    let errored: std::collections::HashSet<String> = walk_errors
         .iter()
         .filter_map(|e| e.path().map(str::to_string))
         .collect();
     let mut errors = walk_errors;
     errors.extend(validate_errors.into_iter().filter(|e| {
         let p = e.path().unwrap_or("");
-        !errored
-            .iter()
-            .any(|w| p == w || p.starts_with(&format!("{w}.")) || p.starts_with(&format!("{w}[")))
+        let within = |end: usize| errored.contains(&p[..end]);
+        !(within(p.len())
+            || p.char_indices()
+                .any(|(i, ch)| (ch == '.' || ch == '[') && within(i)))
     }));
     Err(ConfigError::from_issues(errors))
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Number, Value};
 
 use super::error::ConfigError;
-use super::expand::{expand, Env};
+use super::expand::{expand, expand_tracked, Env};
 
 // ---------------------------------------------------------------------------------------------
 // Serde types
@@ -82,6 +82,7 @@ pub(crate) struct RawPooling {
     pub strategy: Option<String>,
     pub enabled: Option<bool>,
     pub max_wait_ms: Option<i64>,
+    pub max_cooldown_ms: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -122,6 +123,10 @@ pub(crate) struct RawLogging {
 /// What a key's value must be.
 pub(crate) enum Node {
     Str,
+    /// A credential clients must present (`server.auth.*`): a string, where a `${VAR}` set to
+    /// the empty string is an error rather than "not set", because it would open the relay to
+    /// everyone without a word. An explicit empty default (`${VAR:-}`) still means "not set".
+    ClientSecret,
     Int,
     Float,
     Bool,
@@ -161,15 +166,15 @@ const SERVER: Node = Map(&[
     ("pid_file", Str),
     ("upgrade_sock", Str),
     ("auth", AUTH),
-    ("api_key", Str),
+    ("api_key", ClientSecret),
     ("enable_http2", GoIgnored),
 ]);
 
 const AUTH: Node = Map(&[
-    ("api_key", Str),
+    ("api_key", ClientSecret),
     ("allow_bearer", Bool),
     ("allow_subscription", Bool),
-    ("bearer_secret", Str),
+    ("bearer_secret", ClientSecret),
 ]);
 
 /// Provider fields the Go version used for its bedrock / vertex / azure types (both the
@@ -215,7 +220,12 @@ static PROVIDER: Node = Map(&[
     ("auth", GoIgnored),
 ]);
 
-const POOLING: Node = Map(&[("strategy", Str), ("enabled", Bool), ("max_wait_ms", Int)]);
+const POOLING: Node = Map(&[
+    ("strategy", Str),
+    ("enabled", Bool),
+    ("max_wait_ms", Int),
+    ("max_cooldown_ms", Int),
+]);
 
 static KEY: Node = Map(&[
     ("key", Str),
@@ -313,6 +323,7 @@ impl<'a> Walker<'a> {
         }
         match node {
             Str => self.string(value, path).map(Value::String),
+            ClientSecret => self.client_secret(value, path).map(Value::String),
             Int => self.int(value, path),
             Float => self.float(value, path),
             Bool => self.bool(value, path),
@@ -464,6 +475,36 @@ impl<'a> Walker<'a> {
             Value::Bool(b) => Some(b.to_string()),
             other => {
                 self.error(path, format!("expected a string, got {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    /// A client credential: as [`Self::string`], refusing an empty result that came from a
+    /// variable set to the empty string. The message names the variable, never a value.
+    fn client_secret(&mut self, value: Value, path: &str) -> Option<String> {
+        let Value::String(s) = value else {
+            return self.string(value, path);
+        };
+        match expand_tracked(&s, self.env) {
+            Ok(e) if e.text.trim().is_empty() && !e.empty_variables.is_empty() => {
+                self.error(
+                    path,
+                    format!(
+                        "is empty because {} is set to the empty string; the relay would then \
+                         accept every client without a key. Set it, or write `${{{}:-}}` to \
+                         run without this credential on purpose",
+                        e.empty_variables.join(", "),
+                        e.empty_variables[0]
+                    ),
+                );
+                None
+            }
+            Ok(e) => Some(e.text),
+            Err(errs) => {
+                for e in errs {
+                    self.error(path, e);
+                }
                 None
             }
         }

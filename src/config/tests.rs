@@ -1304,3 +1304,91 @@ fn diff_upgrade_only_settings_and_auth() {
         "providers: order anthropic,b→b,anthropic"
     );
 }
+
+const ONE_PROVIDER: &str = "providers:\n  - name: a\n    type: anthropic\n";
+
+#[test]
+fn nested_defaults_are_bounded() {
+    let env = env_map(&[("KEY", "k")]);
+    let nested = |depth: usize| format!("{}${{KEY}}{}", "${N:-".repeat(depth), "}".repeat(depth));
+    assert_eq!(expand(&nested(16), &env).unwrap(), "k");
+    let errs = expand(&nested(17), &env).unwrap_err();
+    assert!(errs[0].contains("nested more than 16 levels"), "{errs:?}");
+    // What crashed a running relay on reload: an error, no stack overflow.
+    assert!(expand(&nested(40_000), &env).is_err());
+}
+
+#[test]
+fn an_auth_secret_from_an_empty_variable_is_an_error_and_an_explicit_empty_default_is_not() {
+    for field in ["auth:\n    api_key", "auth:\n    bearer_secret", "api_key"] {
+        let yaml = format!("server:\n  {field}: \"${{RELAY_KEY}}\"\n{ONE_PROVIDER}");
+        let errs = errors_env(&yaml, &[("RELAY_KEY", "")]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("RELAY_KEY is set to the empty string"),
+            "{errs:?}"
+        );
+        assert!(errs[0].starts_with("server."), "{errs:?}");
+    }
+    // `${VAR:-}` is the documented way to make it optional; absent stays open too.
+    let optional = format!("server:\n  auth:\n    api_key: \"${{RELAY_KEY:-}}\"\n{ONE_PROVIDER}");
+    let (config, _) = load_env(&optional, &[("RELAY_KEY", "")]).unwrap();
+    assert!(!config.server.auth.is_enabled());
+    let required = format!("server:\n  auth:\n    api_key: \"${{RELAY_KEY}}\"\n{ONE_PROVIDER}");
+    let (config, _) = load_env(&required, &[("RELAY_KEY", "s3")]).unwrap();
+    assert!(config.server.auth.is_enabled());
+}
+
+#[test]
+fn an_auth_secret_no_header_can_carry_is_refused_without_showing_it() {
+    for bad in [
+        "abc\ndef-4711",
+        "abc def-4711",
+        "abcé-4711",
+        "abc\tdef-4711",
+    ] {
+        let yaml = format!("server:\n  auth:\n    api_key: \"${{RELAY_KEY}}\"\n{ONE_PROVIDER}");
+        let errs = errors_env(&yaml, &[("RELAY_KEY", bad)]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("server.auth.api_key: contains"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains("4711"), "the key was shown: {errs:?}");
+    }
+}
+
+#[test]
+fn max_cooldown_is_bounded_and_defaults_to_ten_minutes() {
+    let provider = |extra: &str| {
+        format!("providers:\n  - name: a\n    type: anthropic\n    pooling:\n{extra}")
+    };
+    let c = load(&provider("      strategy: least_loaded\n"));
+    assert_eq!(
+        c.providers[0].pooling.max_cooldown,
+        Duration::from_secs(600)
+    );
+    let c = load(&provider("      max_cooldown_ms: 2000\n"));
+    assert_eq!(c.providers[0].pooling.max_cooldown, Duration::from_secs(2));
+    for bad in ["999", "86400001", "-5"] {
+        let errs = errors(&provider(&format!("      max_cooldown_ms: {bad}\n")));
+        assert!(
+            errs[0].starts_with("providers[0].pooling.max_cooldown_ms: must be from 1000"),
+            "{errs:?}"
+        );
+    }
+}
+
+#[test]
+fn long_model_lists_keep_order_and_drop_duplicates() {
+    let models: Vec<String> = (0..100_000).map(|i| format!("m{}", i % 50_000)).collect();
+    let yaml = format!(
+        "providers:\n  - name: a\n    type: anthropic\n    models: [{}]\n",
+        models.join(", ")
+    );
+    let c = load(&yaml);
+    let got = &c.providers[0].models;
+    assert_eq!(got.len(), 50_000);
+    assert_eq!(got[0], "m0");
+    assert_eq!(got[49_999], "m49999");
+}

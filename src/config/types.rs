@@ -144,6 +144,9 @@ pub struct PoolingConfig {
     pub enabled: Option<bool>,
     /// `pooling.max_wait_ms` (default 0): hold a request this long for capacity before 429.
     pub max_wait: Duration,
+    /// `pooling.max_cooldown_ms` (default 10 min, 1 s to 24 h): the longest the upstream may
+    /// bench one key in one go (`retry-after`, a rate-limit reset, a 403 backoff).
+    pub max_cooldown: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -283,8 +283,8 @@ fn parse_port(p: &str) -> Result<u16, String> {
 }
 
 fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig {
-    let api_key = non_empty_secret(raw.api_key);
-    let legacy = non_empty_secret(legacy_api_key);
+    let api_key = client_secret(raw.api_key, "server.auth.api_key", c);
+    let legacy = client_secret(legacy_api_key, "server.api_key", c);
     let api_key = match (api_key, legacy) {
         (Some(k), Some(l)) => {
             if k != l {
@@ -298,7 +298,7 @@ fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig
         }
         (k, l) => k.or(l),
     };
-    let bearer_secret = non_empty_secret(raw.bearer_secret);
+    let bearer_secret = client_secret(raw.bearer_secret, "server.auth.bearer_secret", c);
     let mut allow_bearer =
         raw.allow_bearer.unwrap_or(false) || raw.allow_subscription.unwrap_or(false);
     if bearer_secret.is_some() && !allow_bearer {
@@ -318,11 +318,21 @@ fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig
     }
 }
 
-/// Empty (after expansion) means "not set", as in Go: `api_key: ${PROXY_API_KEY:-}`.
-fn non_empty_secret(v: Option<String>) -> Option<Secret> {
-    v.map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .map(Secret::new)
+/// Empty (after expansion) means "not set", as in Go: `api_key: ${PROXY_API_KEY:-}` (the walk
+/// has already refused a `${VAR}` set to the empty string). A credential no client could send
+/// in a header (a line break, a space, a control or non-ASCII character) would lock every
+/// client out: refused, without showing it.
+fn client_secret(v: Option<String>, path: &str, c: &mut Ctx) -> Option<Secret> {
+    let s = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())?;
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        c.error(
+            path,
+            "contains a space, a control character or a non-ASCII character, which no client \
+             can send in an HTTP header (a key pasted with a line break?)",
+        );
+        return None;
+    }
+    Some(Secret::new(s))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,13 +504,16 @@ pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
     })
 }
 
+/// Trimmed, duplicates dropped (first one kept, order kept) in linear time: a list of 100,000
+/// models must not take a quadratic scan.
 fn string_list(raw: Vec<String>, path: &str, c: &mut Ctx) -> Vec<String> {
     let mut out = Vec::with_capacity(raw.len());
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (i, s) in raw.into_iter().enumerate() {
         let s = s.trim();
         if s.is_empty() {
             c.error(format!("{path}[{i}]"), "must not be empty");
-        } else if !out.iter().any(|m: &String| m == s) {
+        } else if seen.insert(s.to_string()) {
             out.push(s.to_string());
         }
     }
@@ -522,6 +535,11 @@ fn string_map(raw: HashMap<String, String>, path: &str, c: &mut Ctx) -> HashMap<
     out
 }
 
+/// Bounds of `pooling.max_cooldown_ms`: a key benched for less than a second would be hammered
+/// by a throttling upstream; for more than a day, it is as good as lost.
+const MIN_COOLDOWN_CAP_MS: i64 = 1_000;
+const MAX_COOLDOWN_CAP_MS: i64 = 86_400_000;
+
 fn pooling(raw: RawPooling, provider_path: &str, c: &mut Ctx) -> PoolingConfig {
     let strategy = match raw.strategy.as_deref().map(str::trim) {
         None | Some("") => Strategy::default(),
@@ -542,10 +560,27 @@ fn pooling(raw: RawPooling, provider_path: &str, c: &mut Ctx) -> PoolingConfig {
         &format!("{provider_path}.pooling.max_wait_ms"),
         c,
     );
+    let max_cooldown_path = format!("{provider_path}.pooling.max_cooldown_ms");
+    let default_cooldown = crate::pool::DEFAULT_MAX_COOLDOWN.as_millis() as i64;
+    let max_cooldown_ms = match raw.max_cooldown_ms {
+        None => default_cooldown,
+        Some(ms) if (MIN_COOLDOWN_CAP_MS..=MAX_COOLDOWN_CAP_MS).contains(&ms) => ms,
+        Some(ms) => {
+            c.error(
+                max_cooldown_path,
+                format!(
+                    "must be from {MIN_COOLDOWN_CAP_MS} (1 s) to {MAX_COOLDOWN_CAP_MS} (24 h), \
+                     got {ms}"
+                ),
+            );
+            default_cooldown
+        }
+    };
     PoolingConfig {
         strategy,
         enabled: raw.enabled,
         max_wait: Duration::from_millis(max_wait_ms as u64),
+        max_cooldown: Duration::from_millis(max_cooldown_ms as u64),
     }
 }
 

@@ -95,6 +95,9 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     pub method: String,
+    /// The request target exactly as it arrived: origin form (`/v1/messages?beta=true`) or,
+    /// if a proxy forwarded what a client sent, absolute form (`http://host/v1/messages`).
+    pub target: String,
     pub path_and_query: String,
     /// Lower-case names (repeated headers appear once per value).
     pub headers: Vec<(String, String)>,

@@ -136,6 +136,7 @@ fn record(shared: &Shared, parts: &http::request::Parts, body: &Bytes, key: Opti
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
     let rec = RecordedRequest {
         method: parts.method.as_str().to_owned(),
+        target: parts.uri.to_string(),
         path_and_query,
         headers,
         body: body.clone(),

@@ -180,10 +180,17 @@ impl Bucket {
     }
 
     /// Replace what `charge` took by the real usage: refund or charge the difference.
+    ///
+    /// The usage counts for at most one bucket beyond the reservation: a figure larger than
+    /// that is not something a per-minute limit can have granted (or the upstream's figure is
+    /// wrong, `output_tokens: 1e18`), and charged in full it would bench the key for as many
+    /// minutes as it says, with the key never asked again to learn otherwise. So one response
+    /// can put the key at most one window (60 s) past empty.
     pub fn settle(&self, charge: Charge, actual: u64, now: u64) {
         if self.superseded(charge) {
             return;
         }
+        let actual = actual.min(charge.tokens.saturating_add(self.limit()));
         if actual > charge.tokens {
             self.charge(actual - charge.tokens, now);
         } else {

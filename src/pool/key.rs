@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bucket::{Bucket, Charge};
-use super::clock::{duration_ns, ns};
+use super::clock::{duration_ns, ns, WINDOW_NS};
 use super::estimate::OutputEstimate;
 use super::headers::{LimitHeaders, RateLimitHeaders};
 use super::{Demand, KeySpec, Settlement};
@@ -43,6 +43,8 @@ pub(crate) struct KeyCore {
     held_until: AtomicU64,
     /// Consecutive 429s that carried no timing; reset by a settled response.
     strikes: AtomicU32,
+    /// Consecutive 403s; reset by a settled response. Each one benches the key twice as long.
+    forbidden: AtomicU32,
     /// When the most recent `learn` said the key replenishes (0 = it said nothing).
     reset_hint: AtomicU64,
     disabled: AtomicBool,
@@ -63,6 +65,7 @@ impl KeyCore {
             cooldown_until: AtomicU64::new(0),
             held_until: AtomicU64::new(0),
             strikes: AtomicU32::new(0),
+            forbidden: AtomicU32::new(0),
             reset_hint: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             flight: AtomicU64::new(0),
@@ -158,6 +161,9 @@ impl KeyCore {
         if self.strikes.load(Relaxed) != 0 {
             self.strikes.store(0, Relaxed);
         }
+        if self.forbidden.load(Relaxed) != 0 {
+            self.forbidden.store(0, Relaxed);
+        }
     }
 
     pub fn release(&self, charges: &[Charge; 3]) {
@@ -204,6 +210,8 @@ pub struct KeyState {
     fingerprint: u64,
     priority: u8,
     weight: f64,
+    /// `KeySpec::max_cooldown` in ns: the cap on any one cooldown or hold the upstream imposes.
+    max_cooldown_ns: u64,
     pub(crate) core: Arc<KeyCore>,
 }
 
@@ -218,6 +226,7 @@ impl KeyState {
             } else {
                 0.0
             },
+            max_cooldown_ns: duration_ns(spec.max_cooldown.max(MIN_COOLDOWN)),
             core,
         }
     }
@@ -247,6 +256,10 @@ impl KeyState {
 
     pub fn learn_at(&self, limits: &RateLimitHeaders, now: Instant) {
         let now = ns(now);
+        // A bucket refills within one window, so a reset further out is not a per-minute
+        // limit's (a broken or hostile upstream, a clock gone wrong): it is cut to the window,
+        // and to the key's cooldown cap, so no answer can lock the key away.
+        let reset_cap = Duration::from_nanos(WINDOW_NS.min(self.max_cooldown_ns));
         // The legacy combined `tokens-*` figures bound input and output alike, so they stand in
         // for whichever of the two has no headers of its own; the next response's figures
         // correct any overlap between the two.
@@ -257,11 +270,14 @@ impl KeyState {
                 *own
             }
         };
-        let figures = [
+        let mut figures = [
             limits.requests,
             pick(&limits.input_tokens),
             pick(&limits.output_tokens),
         ];
+        for f in &mut figures {
+            f.reset = f.reset.map(|reset| reset.min(reset_cap));
+        }
         let pending = self.core.output_in_flight();
         for (bucket, figures) in self.core.buckets.iter().zip(&figures) {
             bucket.learn(figures, pending, now);
@@ -280,6 +296,7 @@ impl KeyState {
 
     /// Upstream said 429. `retry_after` from the response; without it, the reset the most recent
     /// `learn` reported, else exponential backoff (1 s, 2 s, 4 s … 60 s, reset by a success).
+    /// Never longer than the key's `max_cooldown`.
     pub fn cool_down(&self, retry_after: Option<Duration>) {
         self.cool_down_at(retry_after, Instant::now());
     }
@@ -300,10 +317,37 @@ impl KeyState {
                 }
             }
         };
-        core.cooldown_until.fetch_max(until, Relaxed);
+        self.bench_until(until, now);
     }
 
-    /// 401/403: never selected again until the pool is rebuilt.
+    /// Upstream said 403. Unlike a 401, that may be about the request (a model or region the
+    /// organisation may not use) rather than the key, so one does not condemn the key: each
+    /// consecutive 403 benches it twice as long as the one before (1 s, 2 s, 4 s …, up to
+    /// `max_cooldown`), and a success clears the count.
+    pub fn forbid(&self) {
+        self.forbid_at(Instant::now());
+    }
+
+    pub fn forbid_at(&self, now: Instant) {
+        let now = ns(now);
+        let strikes = self.core.forbidden.fetch_add(1, Relaxed).min(24);
+        let backoff = duration_ns(MIN_COOLDOWN).saturating_mul(1 << strikes);
+        self.bench_until(now.saturating_add(backoff), now);
+    }
+
+    /// Consecutive 403s since the last success.
+    pub fn forbidden_strikes(&self) -> u32 {
+        self.core.forbidden.load(Relaxed)
+    }
+
+    /// Cool the key down until `until`, cut to `max_cooldown` from `now`; a longer cooldown
+    /// already running is kept (within the same cap).
+    fn bench_until(&self, until: u64, now: u64) {
+        let until = until.min(now.saturating_add(self.max_cooldown_ns));
+        self.core.cooldown_until.fetch_max(until, Relaxed);
+    }
+
+    /// 401: never selected again until the pool is rebuilt.
     pub fn disable(&self) {
         self.core.disabled.store(true, Relaxed);
     }
@@ -329,6 +373,7 @@ impl KeyState {
             priority: self.priority,
             weight: self.weight,
             disabled: core.is_disabled(),
+            forbidden_strikes: core.forbidden.load(Relaxed),
             cooling_for: (cooling > 0).then(|| Duration::from_nanos(cooling)),
             in_flight: core.in_flight(),
             requests: dimension(REQUESTS),
@@ -357,6 +402,8 @@ pub struct KeySnapshot {
     pub priority: u8,
     pub weight: f64,
     pub disabled: bool,
+    /// Consecutive 403s since the key last served a request.
+    pub forbidden_strikes: u32,
     pub cooling_for: Option<Duration>,
     pub in_flight: u64,
     pub requests: DimensionSnapshot,

@@ -82,7 +82,14 @@ pub struct KeySpec {
     pub priority: u8,
     /// Share of traffic under [`Strategy::Weighted`].
     pub weight: f64,
+    /// The longest the upstream may bench this key in one go: a `retry-after`, a rate-limit
+    /// reset or a 403 backoff further out is cut to this, so a hostile or broken upstream
+    /// cannot lock a key away (the key is tried again when it ends and learns otherwise).
+    pub max_cooldown: Duration,
 }
+
+/// `KeySpec::max_cooldown` when the config does not say.
+pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(600);
 
 /// What one request is expected to cost, known before it is sent.
 #[derive(Clone, Copy, Debug, Default)]
@@ -108,4 +115,7 @@ pub struct Exhausted {
     /// Time until the earliest non-disabled key could admit this demand (never zero; the
     /// caller rounds up to whole seconds); 60 s when every key is disabled.
     pub retry_after: Duration,
+    /// Every key is disabled (refused with 401): no key will admit anything before a reload,
+    /// so `retry_after` means nothing and must not be presented as a rate limit.
+    pub all_disabled: bool,
 }

@@ -344,6 +344,7 @@ impl KeyPool {
             retry_after: wait.map_or(ALL_DISABLED_RETRY, |ns| {
                 Duration::from_nanos(ns).max(MIN_RETRY)
             }),
+            all_disabled: wait.is_none(),
         }
     }
 }

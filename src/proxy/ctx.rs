@@ -133,10 +133,7 @@ impl RequestCtx {
         };
         let answered = (200..300).contains(&self.upstream_status);
         match (answered, self.route, self.usage.usage()) {
-            (true, Route::Messages, Some(u)) => r.settle(Settlement {
-                input_tokens: u.input_tokens + u.cache_creation_input_tokens,
-                output_tokens: u.output_tokens,
-            }),
+            (true, Route::Messages, Some(u)) => r.settle(u.settlement(self.demand.max_tokens)),
             // Answered but no usage could be read (e.g. the stream broke before
             // message_start): charge the estimate the admission made.
             (true, Route::Messages, None) => r.settle(Settlement {

@@ -16,6 +16,10 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// The body could not be read as HTTP (broken chunked encoding): the connection cannot be
+    /// reused after it.
+    #[error("the request body is malformed: {0}")]
+    MalformedBody(String),
     #[error("request body is larger than the relay's limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("no route for {method} {path}")]
@@ -29,6 +33,11 @@ pub enum ApiError {
         provider: String,
         retry_after_secs: u64,
     },
+    #[error(
+        "every key of provider '{provider}' was refused by the upstream (401) and stays disabled \
+         until the relay's config is reloaded"
+    )]
+    PoolDisabled { provider: String },
     #[error("the relay is at its limit of {limit} concurrent requests")]
     Overloaded { limit: usize },
     #[error("upstream '{provider}' could not be reached: {reason}")]
@@ -40,15 +49,32 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What the relay answers when `provider`'s pool cannot take a request: a rate limit with
+    /// its true `Retry-After`, or — when every key is disabled — no rate limit at all.
+    pub fn pool_refused(provider: &str, exhausted: crate::pool::Exhausted) -> ApiError {
+        if exhausted.all_disabled {
+            ApiError::PoolDisabled {
+                provider: provider.to_owned(),
+            }
+        } else {
+            ApiError::PoolExhausted {
+                provider: provider.to_owned(),
+                retry_after_secs: whole_seconds(exhausted.retry_after),
+            }
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Unauthorized => 401,
-            ApiError::InvalidJson(_) | ApiError::InvalidRequest(_) => 400,
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest(_) | ApiError::MalformedBody(_) => {
+                400
+            }
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PoolExhausted { .. } => 429,
-            ApiError::Overloaded { .. } => 503,
+            ApiError::Overloaded { .. } | ApiError::PoolDisabled { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
             ApiError::Internal(_) => 500,
@@ -61,12 +87,14 @@ impl ApiError {
             ApiError::Unauthorized => "authentication_error",
             ApiError::InvalidJson(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::MalformedBody(_)
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::PoolExhausted { .. } => "rate_limit_error",
             ApiError::Overloaded { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
+            | ApiError::PoolDisabled { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::Internal(_) => "api_error",
         }
@@ -99,6 +127,12 @@ impl ApiError {
     }
 }
 
+/// Seconds for a `Retry-After`, rounded up, at least 1.
+fn whole_seconds(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 /// Write `err` as the whole response. `request_id` goes in `x-request-id` (and `request-id`,
 /// the header Anthropic's SDKs surface in their exceptions).
 pub async fn write_error(
@@ -121,7 +155,10 @@ pub async fn write_error(
         resp.insert_header("allow", "POST")?;
     }
     // A request whose body we did not read cannot leave the connection reusable.
-    if matches!(err, ApiError::BodyTooLarge { .. }) {
+    if matches!(
+        err,
+        ApiError::BodyTooLarge { .. } | ApiError::MalformedBody(_)
+    ) {
         resp.insert_header("connection", "close")?;
         session.set_keepalive(None);
     }

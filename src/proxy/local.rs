@@ -120,23 +120,18 @@ pub fn models_body(state: &RuntimeState) -> Bytes {
     )
 }
 
-/// `GET /health`: liveness plus the config generation, so `cc-relay reload` can see a reload
-/// land.
-pub fn health_body(state: &RuntimeState, shared: &Shared) -> Bytes {
-    let error = shared.last_reload_error.load();
-    Bytes::from(
-        serde_json::json!({
-            "status": "ok",
-            "config_generation": state.generation,
-            "reload_attempts": shared.reload_attempts.load(Ordering::Relaxed),
-            "last_reload_error": error.as_deref(),
-        })
-        .to_string(),
-    )
+/// `GET /health` (no auth): liveness and the config generation, nothing else. Why a reload
+/// failed (which may quote the file) is in `/status`, behind the relay's credential.
+pub fn health_body(state: &RuntimeState) -> Bytes {
+    Bytes::from(format!(
+        "{{\"status\":\"ok\",\"config_generation\":{}}}",
+        state.generation
+    ))
 }
 
-/// `GET /status`: every provider's keys by id with their live budgets. Never a secret.
-pub fn status_body(state: &RuntimeState) -> Bytes {
+/// `GET /status`: every provider's keys by id with their live budgets, and how the last
+/// reload went. Never a secret.
+pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
     let providers: Vec<_> = state
         .providers
         .iter()
@@ -152,6 +147,7 @@ pub fn status_body(state: &RuntimeState) -> Bytes {
                         "priority": s.priority,
                         "weight": s.weight,
                         "disabled": s.disabled,
+                        "forbidden_strikes": s.forbidden_strikes,
                         "cooling_down_ms": s.cooling_for.map(|d| d.as_millis() as u64),
                         "in_flight": s.in_flight,
                         "requests": {"limit": s.requests.limit, "remaining": s.requests.remaining},
@@ -175,6 +171,10 @@ pub fn status_body(state: &RuntimeState) -> Bytes {
     Bytes::from(
         serde_json::json!({
             "config_generation": state.generation,
+            "reload": {
+                "attempts": shared.reload_attempts.load(Ordering::Relaxed),
+                "last_error": shared.last_reload_error.load().as_deref(),
+            },
             "providers": providers,
         })
         .to_string(),

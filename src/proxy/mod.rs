@@ -66,6 +66,9 @@ const HOP_BY_HOP: &[&str] = &[
     "expect",
 ];
 
+/// Pingora's errors for a request body whose HTTP framing is broken (`v1/body.rs`).
+const MALFORMED_BODY: &[&str] = &["InvalidChunk", "InvalidTrailerEnd"];
+
 /// How long one wait for pool capacity sleeps at most, so a request held by
 /// `pooling.max_wait_ms` notices capacity freed by settlements soon after it appears.
 const CAPACITY_POLL: Duration = Duration::from_millis(50);
@@ -118,7 +121,19 @@ impl Relay {
         let mut first: Option<Bytes> = None;
         let mut rest: Option<BytesMut> = None;
         let mut total = 0usize;
-        while let Some(chunk) = session.read_request_body().await? {
+        loop {
+            let chunk = match session.read_request_body().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // The client's framing is broken: its fault, answered (not a relay error).
+                Err(e) if MALFORMED_BODY.contains(&e.etype().as_str()) => {
+                    return Ok(Err(ApiError::MalformedBody(format!(
+                        "{} (chunked transfer encoding)",
+                        e.etype().as_str()
+                    ))));
+                }
+                Err(e) => return Err(e),
+            };
             total += chunk.len();
             if total > limit {
                 return Ok(Err(ApiError::BodyTooLarge { limit }));
@@ -157,11 +172,8 @@ impl Relay {
                 Err(e) => e,
             };
             let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(ApiError::PoolExhausted {
-                    provider: provider.name().to_owned(),
-                    retry_after_secs: whole_seconds(exhausted.retry_after),
-                });
+            if now >= deadline || exhausted.all_disabled {
+                return Err(ApiError::pool_refused(provider.name(), exhausted));
             }
             let nap = exhausted.retry_after.min(CAPACITY_POLL).min(deadline - now);
             tokio::time::sleep(nap).await;
@@ -199,12 +211,6 @@ impl Relay {
         e.set_retry(true);
         e
     }
-}
-
-/// Seconds for a `Retry-After`, rounded up, at least 1.
-fn whole_seconds(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
 }
 
 fn new_request_id() -> String {
@@ -270,12 +276,12 @@ impl ProxyHttp for Relay {
                 return Ok(true);
             }
             Route::Health => {
-                let body = local::health_body(&state, &self.shared);
+                let body = local::health_body(&state);
                 local::respond_json(session, 200, body, &ctx.request_id).await?;
                 return Ok(true);
             }
             Route::Status => {
-                let body = local::status_body(&state);
+                let body = local::status_body(&state, &self.shared);
                 local::respond_json(session, 200, body, &ctx.request_id).await?;
                 return Ok(true);
             }
@@ -434,10 +440,7 @@ impl ProxyHttp for Relay {
                     )?;
                 }
                 Err(exhausted) => {
-                    ctx.local_error = Some(ApiError::PoolExhausted {
-                        provider: provider.name().to_owned(),
-                        retry_after_secs: whole_seconds(exhausted.retry_after),
-                    });
+                    ctx.local_error = Some(ApiError::pool_refused(provider.name(), exhausted));
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(429),
                         "key pool exhausted",
@@ -454,12 +457,25 @@ impl ProxyHttp for Relay {
             http::header::CONTENT_LENGTH,
             http::HeaderValue::from(ctx.body_len),
         )?;
+        // Always origin form upstream (path and query), whatever form the client used: an
+        // absolute-form target (`POST http://evil.example/v1/messages`) forwarded as is would
+        // let an upstream that routes by the target serve it as another host, pool key and
+        // all. Pingora keeps such a target verbatim for the wire; `set_uri` replaces it.
+        let origin = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
         let prefix = &provider.config.base_url.path_prefix;
         if !prefix.is_empty() {
-            let original = session.req_header().uri.path_and_query();
-            let joined = format!("{prefix}{}", original.map_or("/", |pq| pq.as_str()));
+            let joined = format!("{prefix}{origin}");
             let uri = joined.parse::<http::Uri>().map_err(|e| {
                 Error::because(ErrorType::InternalError, "joining base_url path", e)
+            })?;
+            upstream.set_uri(uri);
+        } else if upstream.raw_path() != origin.as_bytes() {
+            let uri = origin.parse::<http::Uri>().map_err(|e| {
+                Error::because(ErrorType::InternalError, "origin-form request target", e)
             })?;
             upstream.set_uri(uri);
         }

@@ -34,8 +34,23 @@ impl RequestFacts {
         if body.is_empty() {
             return Err(ApiError::InvalidJson("the body is empty".into()));
         }
+        // serde_json checks UTF-8 only inside the strings it reads, not in those it skips:
+        // check the whole body first (then `from_str` does not check it again).
+        let text = std::str::from_utf8(body).map_err(|e| {
+            ApiError::InvalidJson(format!(
+                "the body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
+        // A struct also deserializes from a JSON array, field by field: `["claude", true, 5]`
+        // would read as model, stream and max_tokens. The Messages API takes an object.
+        if text.trim_start().as_bytes().first() != Some(&b'{') {
+            return Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        }
         let probe: Probe<'_> =
-            serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         let (model, model_span) = match probe.model {
             Some(raw) => {
                 let text = raw.get();
@@ -108,6 +123,27 @@ mod tests {
     fn escaped_model_names_are_decoded() {
         let f = RequestFacts::parse(br#"{"model":"cl\u0061ude"}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("claude"));
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_400() {
+        for body in [&br#"["claude",true,5]"#[..], b" 7", br#""claude""#, b"null"] {
+            let e = RequestFacts::parse(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{:?}", std::str::from_utf8(body));
+            assert_eq!(e.error_type(), "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_400() {
+        // In a field the relay never reads, and in one it does.
+        let skipped = b"{\"model\":\"m\",\"messages\":[{\"content\":\"caf\xe9\"}]}";
+        let read = b"{\"model\":\"m\xff\"}";
+        for body in [&skipped[..], &read[..]] {
+            let e = RequestFacts::parse(body).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains("UTF-8"), "{e}");
+        }
     }
 
     #[test]

@@ -88,6 +88,7 @@ fn key_specs(provider: &ProviderConfig) -> Vec<KeySpec> {
             otpm_limit: k.otpm_limit,
             priority: k.priority,
             weight: k.weight,
+            max_cooldown: provider.pooling.max_cooldown,
         })
         .collect()
 }

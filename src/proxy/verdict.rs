@@ -13,8 +13,11 @@ pub enum Verdict {
     Success,
     /// 429: this key is throttled.
     RateLimited,
-    /// 401/403: this key is refused (revoked, wrong workspace...).
+    /// 401: this key is refused (revoked, mistyped).
     KeyRejected,
+    /// 403: not allowed — by the key's permissions, or for this request (a model or region
+    /// the organisation may not use). Retried on another key; the key is benched briefly.
+    Forbidden,
     /// 529: Anthropic is overloaded; not the key's fault.
     Overloaded,
     /// Other 5xx: not the key's fault.
@@ -28,7 +31,8 @@ impl Verdict {
         match status {
             200..=399 => Verdict::Success,
             429 => Verdict::RateLimited,
-            401 | 403 => Verdict::KeyRejected,
+            401 => Verdict::KeyRejected,
+            403 => Verdict::Forbidden,
             529 => Verdict::Overloaded,
             500..=599 => Verdict::ServerError,
             _ => Verdict::ClientError,
@@ -41,6 +45,7 @@ impl Verdict {
             self,
             Verdict::RateLimited
                 | Verdict::KeyRejected
+                | Verdict::Forbidden
                 | Verdict::Overloaded
                 | Verdict::ServerError
         )
@@ -53,7 +58,7 @@ impl Verdict {
 }
 
 /// Learn the response's `anthropic-ratelimit-*` headers into the key that served this attempt
-/// and apply the verdict to it (cool down on 429, disable on 401/403).
+/// and apply the verdict to it (cool down on 429 or 403, disable on 401).
 pub fn apply(ctx: &RequestCtx, resp: &ResponseHeader, verdict: Verdict) {
     let Some(key) = ctx.reservation.as_ref().map(|r| r.key()) else {
         return;
@@ -84,12 +89,20 @@ pub fn apply(ctx: &RequestCtx, resp: &ResponseHeader, verdict: Verdict) {
         }
         Verdict::KeyRejected => {
             log::warn!(
-                "{}: key {} was refused by the upstream (status {}); disabled until the next reload",
+                "{}: key {} was refused by the upstream (401); disabled until the next reload",
                 ctx.request_id,
                 key.id(),
-                resp.status.as_u16()
             );
             key.disable();
+        }
+        Verdict::Forbidden => {
+            key.forbid();
+            log::info!(
+                "{}: the upstream answered 403 on key {} ({} in a row); benched for a while",
+                ctx.request_id,
+                key.id(),
+                key.forbidden_strikes()
+            );
         }
         _ => {}
     }
@@ -104,7 +117,8 @@ mod tests {
         assert_eq!(Verdict::of(200), Verdict::Success);
         assert_eq!(Verdict::of(429), Verdict::RateLimited);
         assert_eq!(Verdict::of(401), Verdict::KeyRejected);
-        assert_eq!(Verdict::of(403), Verdict::KeyRejected);
+        assert_eq!(Verdict::of(403), Verdict::Forbidden);
+        assert!(Verdict::Forbidden.is_retryable() && !Verdict::Forbidden.is_transient());
         assert_eq!(Verdict::of(529), Verdict::Overloaded);
         assert_eq!(Verdict::of(503), Verdict::ServerError);
         assert_eq!(Verdict::of(400), Verdict::ClientError);

@@ -269,6 +269,33 @@ pub async fn run_cli(command: &'static str, config: &Path) -> std::process::Outp
     .unwrap()
 }
 
+/// `(id, secret, extra yaml lines for the key)`.
+pub type KeyDef<'a> = (&'a str, &'a str, &'a str);
+
+pub fn pool_config(mock: &MockUpstream, keys: &[KeyDef<'_>], provider_extra: &str) -> String {
+    let mut s = format!(
+        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n{provider_extra}    keys:\n",
+        mock.base_url()
+    );
+    for (id, secret, extra) in keys {
+        s.push_str(&format!("      - name: {id}\n        key: \"{secret}\"\n"));
+        for line in extra.lines() {
+            s.push_str(&format!("        {line}\n"));
+        }
+    }
+    s
+}
+
+/// The `/status` entry of key `id` of the first provider.
+pub fn key_status<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["providers"][0]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+}
+
 /// The upstream answers 429 with `retry-after: <secs>`.
 pub fn throttled(secs: &str) -> Fault {
     Fault::Status {

@@ -4,6 +4,7 @@
 mod bucket;
 mod concurrency;
 mod headers;
+mod hostile;
 mod learn;
 mod reservation;
 mod select;
@@ -21,6 +22,7 @@ fn spec(id: &str, rpm: u64, itpm: u64, otpm: u64) -> KeySpec {
         otpm_limit: otpm,
         priority: 1,
         weight: 1.0,
+        max_cooldown: super::DEFAULT_MAX_COOLDOWN,
     }
 }
 
