@@ -32,7 +32,7 @@ deps-test:
 deps: deps-build deps-test
 
 build: deps-build
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace --bins
 
 # Runs the relay: with CONFIG=path, that file; otherwise ./cc-relay.yaml,
 # ~/.config/cc-relay/config.yaml, or the embedded default (127.0.0.1:8787, Anthropic,
@@ -41,11 +41,11 @@ run: build
 	./target/release/cc-relay serve $(if $(CONFIG),--config $(CONFIG))
 
 test: deps
-	$(CARGO) test --release
+	$(CARGO) test --release --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,7 @@
 //! End-to-end latency of one request through the relay, against the floor measured in the same
 //! run: the same request sent directly to the mock upstream.
 //!
-//! The mock upstream (`cc_relay::mock`) runs in this process on its own one-thread tokio runtime
+//! The mock upstream (the `cc-relay-mock` crate) runs in this process on its own one-thread tokio runtime
 //! (as `cc-relay-mock` does by default); the relay is the real `cc-relay` binary, spawned twice
 //! with a temp config: a pool of 1 key and a pool of 10 keys, both with `threads: 2` and
 //! `logging.level: warn`. The client is one keep-alive reqwest client on a current-thread
@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cc_relay::mock::{MockConfig, MockUpstream};
+use cc_relay_mock::{MockConfig, MockUpstream};
 use criterion::{criterion_group, Criterion};
 
 const GROUPS: [&str; 2] = ["json", "sse"];

@@ -27,7 +27,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v inferno-flamegraph >/dev/null 2>&1 || cargo install --locked inferno
-cargo build --release --bins >&2
+cargo build --release --workspace --bins >&2
 
 DIR=$(mktemp -d /tmp/cc-relay-flame.XXXXXX)
 PIDS=()

@@ -17,7 +17,7 @@ RELAY_BIN=${RELAY_BIN:-target/release/cc-relay}
 for tool in valgrind ms_print wrk python3; do
   command -v "$tool" >/dev/null || { echo "heap_profile: $tool is missing" >&2; exit 1; }
 done
-cargo build --release --bins >&2
+cargo build --release --workspace --bins >&2
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 DIR=$(mktemp -d /tmp/cc-relay-heap.XXXXXX)

@@ -92,7 +92,7 @@ BIN=$ROOT/target/release
 RELAY_BIN=${RELAY_BIN:-$BIN/cc-relay}
 # Always through cargo (a no-op when up to date): a stale binary would measure old code.
 log "building release binaries and the bare Pingora proxy (examples/bare_pingora.rs)"
-cargo build --release --bins --example bare_pingora
+cargo build --release --workspace --bins --example bare_pingora
 PINGORA_BIN=$BIN/examples/bare_pingora
 
 # 1,000 streams need ~2,000 descriptors in the relay and as many in wrk and the mock.

@@ -166,7 +166,7 @@ def main():
     ensure_tools()
     # Always through cargo (a no-op when up to date), as scripts/load.sh: a stale binary would
     # profile old code.
-    subprocess.run(["cargo", "build", "--release", "--bins", "--example", "bare_pingora"],
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--example", "bare_pingora"],
                    cwd=ROOT, check=True)
     mock_bin = os.path.join(ROOT, "target/release/cc-relay-mock")
     pingora_bin = os.path.join(ROOT, "target/release/examples/bare_pingora")

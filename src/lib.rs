@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod lifecycle;
-pub mod mock;
 pub mod pool;
 pub mod providers;
 pub mod proxy;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 // Each test binary uses a different part of this module.
 #[allow(unused_imports)]
-pub use cc_relay::mock::{Fault, MockConfig, MockUpstream};
+pub use cc_relay_mock::{Fault, MockConfig, MockUpstream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cc-relay");
 

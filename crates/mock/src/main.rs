@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cc_relay::mock::{KeyLimits, MockConfig, MockUpstream};
+use cc_relay_mock::{KeyLimits, MockConfig, MockUpstream};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 

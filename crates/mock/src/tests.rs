@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::usage::SseUsageParser;
+use cc_relay::usage::SseUsageParser;
 
 async fn mock(cfg: MockConfig) -> MockUpstream {
     MockUpstream::start(cfg).await.expect("mock starts")
