@@ -374,3 +374,30 @@ async fn reload_command_confirms_through_the_authenticated_status() {
     let health = get_json(&relay, "/health").await;
     assert!(health.get("reload").is_none() && health.get("last_reload_error").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_logging_level_takes_effect() {
+    let mock = start_mock().await;
+    let quiet = format!("{}logging:\n  level: warn\n", provider(&mock, ONE_KEY, ""));
+    // No RUST_LOG: the file decides the level.
+    let relay = RelayProcess::start_with_env("", &quiet, &[("RUST_LOG", "")]);
+    let debug_line = "attempt 1 -> provider";
+    post_messages(&relay, &message_body("m", false), &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!relay.logs().contains(debug_line), "{}", relay.logs());
+
+    let verbose = quiet.replace("level: warn", "level: debug");
+    relay.rewrite_config("", &verbose);
+    let out = run_cli("reload", &relay.config_path).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    post_messages(&relay, &message_body("m", false), &[]).await;
+    assert!(
+        relay.wait_for_log(debug_line, Duration::from_secs(2)),
+        "logging.level debug did not apply:\n{}",
+        relay.logs()
+    );
+}

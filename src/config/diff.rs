@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fmt::Display;
 
+use super::startup::STARTUP_SETTINGS;
 use super::types::{Config, KeyConfig, ProviderConfig};
 use super::validate::key_fingerprint;
 
@@ -64,39 +65,11 @@ pub fn summarize_changes(old: &Config, new: &Config) -> ChangeSummary {
 
 fn server(old: &Config, new: &Config, s: &mut ChangeSummary) {
     let (o, n) = (&old.server, &new.server);
-    if o.listen != n.listen {
-        s.upgrade_change("server.listen", o.listen, n.listen);
-    }
-    if o.threads != n.threads {
-        s.upgrade_change("server.threads", o.threads, n.threads);
-    }
-    if o.pid_file != n.pid_file {
-        s.upgrade_change(
-            "server.pid_file",
-            o.pid_file.display(),
-            n.pid_file.display(),
-        );
-    }
-    if o.upgrade_sock != n.upgrade_sock {
-        s.upgrade_change(
-            "server.upgrade_sock",
-            o.upgrade_sock.display(),
-            n.upgrade_sock.display(),
-        );
-    }
-    if o.grace_period != n.grace_period {
-        s.upgrade_change(
-            "server.grace_period_seconds",
-            o.grace_period.as_secs(),
-            n.grace_period.as_secs(),
-        );
-    }
-    if o.graceful_shutdown_timeout != n.graceful_shutdown_timeout {
-        s.upgrade_change(
-            "server.graceful_shutdown_timeout_seconds",
-            o.graceful_shutdown_timeout.as_secs(),
-            n.graceful_shutdown_timeout.as_secs(),
-        );
+    for setting in STARTUP_SETTINGS {
+        let (was, now) = ((setting.show)(o), (setting.show)(n));
+        if was != now {
+            s.upgrade_change(setting.field, was, now);
+        }
     }
     if o.upstream_read_timeout != n.upstream_read_timeout {
         s.change(

@@ -12,6 +12,7 @@ mod error;
 mod expand;
 mod load;
 mod raw;
+mod startup;
 mod types;
 mod validate;
 
@@ -25,5 +26,6 @@ pub use load::{
     load_str, load_str_with_warnings, search_paths, ConfigSource, STARTER_CONFIG,
 };
 pub use raw::go_ignored_keys;
+pub use startup::{keep_running_startup_settings, StartupSetting, STARTUP_SETTINGS};
 pub use types::*;
 pub use validate::{default_base_url, key_fingerprint};

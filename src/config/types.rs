@@ -177,7 +177,7 @@ pub struct RoutingConfig {
     pub max_attempts: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggingConfig {
     /// `error`, `warn`, `info`, `debug`, `trace` (default `info`). `RUST_LOG` overrides.
     pub level: String,

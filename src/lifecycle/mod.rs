@@ -1,0 +1,147 @@
+//! Server lifecycle, one concern per module (after `pingora-core/src/server/`):
+//! `server` builds Pingora's server and listener from our config, `task` is the running relay's
+//! background task (signals, reload, drain), `reload` swaps a new config in, `upgrade` starts
+//! the successor binary, `signals` handles SIGHUP/SIGINT outside Pingora, `logging` sets up
+//! (and on reload re-applies) the logger, `pidfile` and `systemd` say who serves, `dns` keeps
+//! upstream addresses fresh, and `client` is the `reload` / `upgrade` commands' side.
+//!
+//! Signals: SIGHUP = reload the YAML (ours); SIGUSR2 = upgrade in place: start the binary found
+//! at this process's path with `serve --upgrade`, then hand it the listeners (ours, built on
+//! Pingora's); SIGQUIT = hand the listeners to a process started with `serve --upgrade`, then
+//! drain (Pingora's); SIGTERM = stop accepting, drain within the grace period, exit 0
+//! (Pingora's); SIGINT = exit now (ours: Pingora's fast shutdown can hang, see
+//! [`exit_on_interrupt`]).
+//!
+//! Under systemd (`Type=notify`, `NotifyAccess=all`) the relay reports `READY=1` with its pid, so
+//! the process an upgrade starts becomes the service's main process.
+
+mod client;
+mod dns;
+mod logging;
+mod pidfile;
+mod reload;
+mod server;
+mod signals;
+mod systemd;
+mod task;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pingora::server::configuration::Opt;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+
+use crate::config::{self, ConfigError, ConfigSource};
+use crate::proxy::{shared, Relay, RuntimeState};
+
+pub use client::{send_reload, send_upgrade};
+pub use logging::init_logging;
+pub use reload::reload_from;
+pub use server::{client_listener, runtime_conf, server_conf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no running cc-relay with pid {pid} (from {path}): {reason}")]
+    NotRunning {
+        pid: i32,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the relay did not confirm the reload within {0:?}; check its log")]
+    ReloadUnconfirmed(Duration),
+    #[error("no new process took over within {0:?}; the old one keeps serving (see its log)")]
+    UpgradeUnconfirmed(Duration),
+    #[error("the relay rejected the new config and keeps serving the old one:\n{0}")]
+    ReloadRejected(String),
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+}
+
+/// Run the relay until it is told to stop. `config_path` as given on the command line.
+pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleError> {
+    // A SIGHUP that arrives before the reload task is listening must not kill the process
+    // (the default action); the task's handler replaces this disposition once it runs.
+    signals::ignore_sighup();
+
+    let (cfg, source, warnings) = config::discover_with_warnings(config_path)?;
+    init_logging(&cfg.logging);
+    log::info!("config loaded from {source}");
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    for p in &cfg.providers {
+        log::info!(
+            "provider {} ({}) -> {} with {} key(s){}",
+            p.name,
+            p.kind.as_str(),
+            p.base_url,
+            p.keys.len(),
+            if p.keys.is_empty() {
+                " (passthrough of client credentials)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    if !upgrade {
+        // An upgrade takes the listening socket from the running relay instead.
+        server::check_can_listen(cfg.server.listen)?;
+    }
+
+    let reload_path = match &source {
+        ConfigSource::File(path) => Some(path.clone()),
+        ConfigSource::Embedded => None,
+    };
+    let listen = cfg.server.listen;
+    let pid_file = cfg.server.pid_file.clone();
+    let upgrade_sock = cfg.server.upgrade_sock.clone();
+    let conf = server_conf(&cfg);
+    let state = shared(RuntimeState::build(cfg, None));
+
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Relay::new(state.clone()),
+        "cc-relay",
+    );
+    proxy.add_listener(client_listener(listen));
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "cc-relay lifecycle",
+        task::LifecycleTask {
+            state,
+            listen,
+            config_path: reload_path,
+            pid_file: pid_file.clone(),
+            upgrade_sock,
+            exe: upgrade::own_executable(),
+        },
+    ));
+    server::exit_when_listeners_fail(listen, pid_file.clone());
+    signals::exit_on_interrupt(pid_file.clone());
+    server.run(RunArgs::default());
+    pidfile::remove_pid_file_if_ours(&pid_file);
+    log::info!("cc-relay stopped");
+    Ok(())
+}
