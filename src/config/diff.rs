@@ -144,7 +144,7 @@ fn providers(old: &[ProviderConfig], new: &[ProviderConfig], s: &mut ChangeSumma
 fn provider(o: &ProviderConfig, n: &ProviderConfig) -> Vec<String> {
     let mut items = Vec::new();
     if o.kind != n.kind {
-        items.push(format!("type {}→{}", o.kind.as_str(), n.kind.as_str()));
+        items.push(format!("type {}→{}", o.kind.name(), n.kind.name()));
     }
     if o.enabled != n.enabled {
         items.push(if n.enabled { "enabled" } else { "disabled" }.to_string());

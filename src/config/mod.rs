@@ -26,6 +26,7 @@ pub use load::{
     load_str, load_str_with_warnings, search_paths, ConfigSource, STARTER_CONFIG,
 };
 pub use raw::go_ignored_keys;
+pub use raw::Node as FieldSchema;
 pub use startup::{keep_running_startup_settings, StartupSetting, STARTUP_SETTINGS};
 pub use types::*;
-pub use validate::{default_base_url, key_fingerprint};
+pub use validate::{key_fingerprint, parse_base_url};

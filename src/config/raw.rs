@@ -38,6 +38,7 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawServer {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub timeout_ms: Option<i64>,
     pub connect_timeout_ms: Option<i64>,
     pub max_body_bytes: Option<i64>,
@@ -74,6 +75,9 @@ pub(crate) struct RawProvider {
     pub model_mapping: HashMap<String, String>,
     pub pooling: RawPooling,
     pub keys: Vec<RawKey>,
+    /// The provider kind's own fields (`ProviderKind::config_fields`), already walked; the
+    /// walker puts them here, a file cannot (`options` is not a field of the schema).
+    pub options: Mapping,
 }
 
 #[derive(Default, Deserialize)]
@@ -121,7 +125,7 @@ pub(crate) struct RawLogging {
 // ---------------------------------------------------------------------------------------------
 
 /// What a key's value must be.
-pub(crate) enum Node {
+pub enum Node {
     Str,
     /// A credential clients must present (`server.auth.*`): a string, where a `${VAR}` set to
     /// the empty string is an error rather than "not set", because it would open the relay to
@@ -156,6 +160,7 @@ pub(crate) static TOP: Node = Map(&[
 
 const SERVER: Node = Map(&[
     ("listen", Str),
+    ("admin_listen", Str),
     ("timeout_ms", Int),
     ("connect_timeout_ms", Int),
     ("max_body_bytes", Int),
@@ -390,12 +395,26 @@ impl<'a> Walker<'a> {
                 // Go-only fields are expected: don't warn about each.
                 let is_provider = fields.iter().any(|(name, _)| *name == "type");
                 let quiet = quiet || (is_provider && is_cloud_provider(&map));
+                // A provider's kind adds fields of its own, which take precedence over the Go
+                // keys accepted for compatibility (e.g. a cloud kind's `aws_region`).
+                let kind_fields = if is_provider {
+                    provider_kind_fields(&map)
+                } else {
+                    &[]
+                };
                 let mut out = Mapping::new();
+                let mut options = Mapping::new();
                 for (k, v) in map {
                     let Some(k) = self.map_key(k, path) else {
                         continue;
                     };
                     let p = child_path(path, &k);
+                    if let Some((_, child)) = kind_fields.iter().find(|(name, _)| *name == k) {
+                        if let Some(v) = self.walk(v, child, &p, quiet) {
+                            options.insert(Value::String(k), v);
+                        }
+                        continue;
+                    }
                     match fields.iter().find(|(name, _)| *name == k) {
                         Some((_, GoIgnored)) => {
                             if !quiet {
@@ -415,6 +434,9 @@ impl<'a> Walker<'a> {
                             self.error(&child_path(path, &redact_key(&k)), message);
                         }
                     }
+                }
+                if !options.is_empty() {
+                    out.insert(Value::String("options".into()), Value::Mapping(options));
                 }
                 Some(Value::Mapping(out))
             }
@@ -605,6 +627,16 @@ pub(crate) fn decode(value: Value) -> Result<RawConfig, ConfigError> {
             "internal error: the checked configuration could not be decoded",
         )
     })
+}
+
+/// The fields of the provider kind named by the mapping's `type` (none when it names no kind).
+fn provider_kind_fields(map: &Mapping) -> &'static [(&'static str, Node)] {
+    match map.get("type") {
+        Some(Value::String(t)) => {
+            crate::providers::kind_named(t).map_or(&[], |k| k.config_fields())
+        }
+        _ => &[],
+    }
 }
 
 fn is_cloud_provider(map: &Mapping) -> bool {

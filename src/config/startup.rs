@@ -19,6 +19,14 @@ pub const STARTUP_SETTINGS: &[StartupSetting] = &[
         pin: |new, running| new.listen = running.listen,
     },
     StartupSetting {
+        field: "server.admin_listen",
+        show: |s| {
+            s.admin_listen
+                .map_or_else(|| "none".to_owned(), |a| a.to_string())
+        },
+        pin: |new, running| new.admin_listen = running.admin_listen,
+    },
+    StartupSetting {
         field: "server.threads",
         show: |s| s.threads.to_string(),
         pin: |new, running| new.threads = running.threads,

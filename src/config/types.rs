@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::pool::Strategy;
+pub use crate::providers::Kind;
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
@@ -25,6 +26,9 @@ pub struct Config {
 pub struct ServerSettings {
     /// `server.listen`; Go-style `:8787` means `0.0.0.0:8787`.
     pub listen: SocketAddr,
+    /// `server.admin_listen`: a listener of its own for the operational endpoints (`/health`,
+    /// `/status`), e.g. on a private interface. They stay on `listen` too.
+    pub admin_listen: Option<SocketAddr>,
     /// `server.timeout_ms`: the longest an upstream may stay silent (between two reads of a
     /// response, streaming included) before the relay answers 504 / ends the stream.
     pub upstream_read_timeout: Duration,
@@ -67,25 +71,6 @@ impl AuthConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
-    Anthropic,
-    Zai,
-    Minimax,
-    Ollama,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Zai => "zai",
-            ProviderKind::Minimax => "minimax",
-            ProviderKind::Ollama => "ollama",
-        }
-    }
-}
-
 /// A parsed, absolute upstream base URL (`base_url`, or the kind's default).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseUrl {
@@ -124,7 +109,7 @@ impl fmt::Display for BaseUrl {
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     pub name: String,
-    pub kind: ProviderKind,
+    pub kind: Kind,
     pub enabled: bool,
     pub base_url: BaseUrl,
     /// Models this provider serves (routing and `GET /v1/models`). Empty = any model.
@@ -134,6 +119,9 @@ pub struct ProviderConfig {
     pub pooling: PoolingConfig,
     /// Empty = passthrough: the client's own credentials are forwarded unchanged.
     pub keys: Vec<KeyConfig>,
+    /// The kind's own fields (`ProviderKind::config_fields`), checked by the walker and by
+    /// `ProviderKind::validate`; empty for kinds that have none.
+    pub options: serde_yaml::Mapping,
 }
 
 #[derive(Clone, Debug)]

@@ -19,6 +19,7 @@ use super::raw::{
 };
 use super::types::*;
 use crate::pool::Strategy;
+use crate::providers::{kind_named, supported_kinds, KINDS};
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_TIMEOUT_MS: i64 = 600_000;
@@ -34,8 +35,6 @@ const DEFAULT_UPGRADE_SOCK: &str = "/tmp/cc-relay_upgrade.sock";
 const DEFAULT_PRIORITY: i64 = 1;
 const DEFAULT_MAX_ATTEMPTS: i64 = 2;
 const MAX_MAX_ATTEMPTS: i64 = 10;
-
-pub(crate) const SUPPORTED_TYPES: &str = "anthropic, zai, minimax, ollama";
 
 /// Routing strategies the Go cc-relay accepted, across its versions. Only `failover` is
 /// implemented; the others are accepted (so a Go config loads) and behave as `failover`.
@@ -54,16 +53,6 @@ const GO_ROUTING_STRATEGIES: [&str; 13] = [
     "latency-based",
     "model-based",
 ];
-
-/// The upstream a provider kind talks to when `base_url` is not set.
-pub fn default_base_url(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "https://api.anthropic.com",
-        ProviderKind::Zai => "https://api.z.ai/api/anthropic",
-        ProviderKind::Minimax => "https://api.minimax.io/anthropic",
-        ProviderKind::Ollama => "http://localhost:11434",
-    }
-}
 
 /// The stable, non-cryptographic fingerprint of a key (FNV-1a, 64 bit). Used for display ids
 /// and to recognise the same key across reloads; it is not a way to protect the key.
@@ -123,6 +112,16 @@ pub(crate) fn validate(
 // ---------------------------------------------------------------------------------------------
 
 fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
+    let admin_listen = match raw.admin_listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match parse_listen(text) {
+            Ok(addr) => Some(addr),
+            Err(m) => {
+                c.error("server.admin_listen", m);
+                None
+            }
+        },
+    };
     let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = parse_listen(listen_text).unwrap_or_else(|m| {
         c.error("server.listen", m);
@@ -206,6 +205,7 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
 
     ServerSettings {
         listen,
+        admin_listen,
         upstream_read_timeout: Duration::from_millis(timeout_ms as u64),
         upstream_connect_timeout: Duration::from_millis(connect_ms as u64),
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
@@ -350,14 +350,10 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             None | Some("") => {
                 c.error(
                     format!("{path}.type"),
-                    format!("is required (one of: {SUPPORTED_TYPES})"),
+                    format!("is required (one of: {})", supported_kinds()),
                 );
                 None
             }
-            Some("anthropic") => Some(ProviderKind::Anthropic),
-            Some("zai") => Some(ProviderKind::Zai),
-            Some("minimax") => Some(ProviderKind::Minimax),
-            Some("ollama") => Some(ProviderKind::Ollama),
             Some(t) if CLOUD_TYPES.contains(&t) => {
                 if p.enabled == Some(false) {
                     // The Go example config lists disabled bedrock/vertex/azure providers; such
@@ -372,21 +368,26 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
                 c.error(
                     format!("{path}.type"),
                     format!(
-                        "{t} is not supported by this relay (supported: {SUPPORTED_TYPES}); \
-                         remove the provider or set enabled: false"
+                        "{t} is not supported by this relay (supported: {}); \
+                         remove the provider or set enabled: false",
+                        supported_kinds()
                     ),
                 );
                 None
             }
             Some(t) => {
-                c.error(
-                    format!("{path}.type"),
-                    format!(
-                        "unknown provider type {} (supported: {SUPPORTED_TYPES})",
-                        shown(t)
-                    ),
-                );
-                None
+                let kind = kind_named(t);
+                if kind.is_none() {
+                    c.error(
+                        format!("{path}.type"),
+                        format!(
+                            "unknown provider type {} (supported: {})",
+                            shown(t),
+                            supported_kinds()
+                        ),
+                    );
+                }
+                kind
             }
         };
 
@@ -407,14 +408,16 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             }
         };
 
-        let kind = kind.unwrap_or(ProviderKind::Anthropic);
+        let checked_kind = kind.is_some();
+        let kind = kind.unwrap_or(KINDS[0]);
+        let default_base_url = || {
+            parse_base_url(kind.default_base_url()).expect("built-in default base URLs are valid")
+        };
         let base_url = match p.base_url.as_deref().map(str::trim) {
-            None | Some("") => parse_base_url(default_base_url(kind))
-                .expect("built-in default base URLs are valid"),
+            None | Some("") => default_base_url(),
             Some(u) => parse_base_url(u).unwrap_or_else(|m| {
                 c.error(format!("{path}.base_url"), m);
-                parse_base_url(default_base_url(kind))
-                    .expect("built-in default base URLs are valid")
+                default_base_url()
             }),
         };
 
@@ -423,7 +426,7 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
         let pooling = pooling(p.pooling, &path, c);
         let keys = keys(p.keys, &path, c);
 
-        out.push(ProviderConfig {
+        let provider = ProviderConfig {
             name,
             kind,
             enabled: p.enabled.unwrap_or(true),
@@ -432,7 +435,12 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             model_mapping,
             pooling,
             keys,
-        });
+            options: p.options,
+        };
+        if checked_kind {
+            c.errors.extend(kind.validate(&provider, &path));
+        }
+        out.push(provider);
     }
 
     if out.is_empty() {
@@ -452,7 +460,7 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
 }
 
 /// An absolute http(s) URL with a host; no credentials, query or fragment.
-pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
     // The URL is never quoted back: it could carry credentials (`https://user:pass@host`).
     if text.contains('#') {
         return Err("must not have a #fragment".to_string());

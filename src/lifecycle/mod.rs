@@ -87,7 +87,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         log::info!(
             "provider {} ({}) -> {} with {} key(s){}",
             p.name,
-            p.kind.as_str(),
+            p.kind.name(),
             p.base_url,
             p.keys.len(),
             if p.keys.is_empty() {
@@ -101,6 +101,9 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     if !upgrade {
         // An upgrade takes the listening socket from the running relay instead.
         server::check_can_listen(cfg.server.listen)?;
+        if let Some(admin) = cfg.server.admin_listen {
+            server::check_can_listen(admin)?;
+        }
     }
 
     let reload_path = match &source {
@@ -108,6 +111,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         ConfigSource::Embedded => None,
     };
     let listen = cfg.server.listen;
+    let admin_listen = cfg.server.admin_listen;
     let pid_file = cfg.server.pid_file.clone();
     let upgrade_sock = cfg.server.upgrade_sock.clone();
     let conf = server_conf(&cfg);
@@ -127,6 +131,9 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     );
     proxy.add_listener(client_listener(listen));
     server.add_service(proxy);
+    if let Some(admin_listen) = admin_listen {
+        server.add_service(crate::admin::admin_service(state.clone(), admin_listen));
+    }
     server.add_service(background_service(
         "cc-relay lifecycle",
         task::LifecycleTask {

@@ -1,69 +1,146 @@
-//! Provider kinds: how each Anthropic-compatible upstream wants its credential, and where its
-//! address comes from.
+//! Provider kinds: everything that makes an upstream "anthropic", "zai" or (next) "bedrock"
+//! lives in the kind's own module, behind [`ProviderKind`]. The rest of the relay asks the kind:
+//! the config walker for its own fields, validation for their checks and its default base URL,
+//! the proxy for how to prepare an attempt's request, what a response status means, what the
+//! response headers teach the pool, and whether the response body needs adapting before usage
+//! is read.
 //!
-//! Host names are resolved here, outside the request path: `HttpPeer::new` resolves DNS
-//! synchronously and panics when resolution fails, so the proxy only ever builds peers from the
-//! `SocketAddr`s this module keeps fresh in the background.
+//! Adding a kind: write its module (implement [`ProviderKind`]), add it to [`KINDS`]. Nothing
+//! else changes: `docs/ARCHITECTURE.md` lists the files.
+//!
+//! Host names are resolved here too (`resolve`), outside the request path: `HttpPeer::new`
+//! resolves DNS synchronously and panics when resolution fails, so the proxy only ever builds
+//! peers from the `SocketAddr`s kept fresh in the background.
 
+mod anthropic;
+mod classify;
 mod resolve;
 
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+pub use anthropic::{AuthStyle, ANTHROPIC, MINIMAX, OLLAMA, ZAI};
+pub use classify::Verdict;
 pub use resolve::{resolve_now, ResolvedAddrs};
 
-use crate::config::ProviderKind;
+use crate::config::{BaseUrl, ConfigError, FieldSchema, ProviderConfig};
+use crate::pool::RateLimitHeaders;
 
-/// How a provider expects the API key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthStyle {
-    /// `x-api-key: KEY` (Anthropic, Z.AI, Ollama when given a key).
-    XApiKey,
-    /// `Authorization: Bearer KEY` (MiniMax).
-    Bearer,
+/// What one kind of provider knows about itself. Implementations are stateless statics; what
+/// a configured provider needs at run time is in its `ProviderConfig` (and, for a kind's own
+/// fields, `ProviderConfig::options`).
+pub trait ProviderKind: Send + Sync + 'static {
+    /// Its `type:` in the config.
+    fn name(&self) -> &'static str;
+
+    /// The upstream when the provider sets no `base_url`.
+    fn default_base_url(&self) -> &'static str;
+
+    /// Provider fields only this kind has, with their schema: the config walker checks them
+    /// (types, `${VAR}` expansion, unknown-field errors with their path) and keeps them in
+    /// `ProviderConfig::options`.
+    fn config_fields(&self) -> &'static [(&'static str, FieldSchema)] {
+        &[]
+    }
+
+    /// Checks of a configured provider of this kind beyond the common ones (its own fields,
+    /// combinations), each an error with its field path under `path`.
+    fn validate(&self, _provider: &ProviderConfig, _path: &str) -> Vec<ConfigError> {
+        Vec::new()
+    }
+
+    /// The header that carries one of its keys, built once per config (the value marked
+    /// sensitive by the caller). `None` when the key cannot be carried in a header.
+    fn credential(&self, key: &str) -> Option<(HeaderName, HeaderValue)>;
+
+    /// Prepare one attempt's upstream request: target, `Host`, credential, body.
+    fn prepare(&self, request: &mut UpstreamRequest<'_>) -> pingora::Result<()>;
+
+    /// What a response status means for the attempt and its key.
+    fn classify(&self, status: u16) -> Verdict {
+        Verdict::of(status)
+    }
+
+    /// What the response headers say about the key's limits (authoritative for the pool).
+    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders;
+
+    /// How long a throttled key should rest, when the response says.
+    fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration>;
+
+    /// A response body adapter for a kind whose wire format is not Anthropic's SSE or JSON
+    /// (e.g. an event stream to re-emit as SSE), applied before usage is read.
+    fn response_adapter(&self, _response: &ResponseHeader) -> Option<Box<dyn ResponseAdapter>> {
+        None
+    }
 }
 
-impl AuthStyle {
-    pub fn for_kind(kind: ProviderKind) -> AuthStyle {
-        match kind {
-            ProviderKind::Minimax => AuthStyle::Bearer,
-            ProviderKind::Anthropic | ProviderKind::Zai | ProviderKind::Ollama => {
-                AuthStyle::XApiKey
-            }
-        }
-    }
+/// Rewrites a response body chunk by chunk (sync: Pingora's body filters are).
+pub trait ResponseAdapter: Send + Sync {
+    fn adapt(&mut self, chunk: &mut Option<Bytes>, end_of_stream: bool);
+}
 
-    /// The header the key goes in.
-    pub fn header_name(self) -> &'static str {
-        match self {
-            AuthStyle::XApiKey => "x-api-key",
-            AuthStyle::Bearer => "authorization",
-        }
-    }
+/// One attempt's upstream request as a provider kind prepares it.
+pub struct UpstreamRequest<'a> {
+    /// The request header Pingora will send (a copy of the client's, hop-by-hop and client
+    /// credentials already removed when the relay supplies the key).
+    pub header: &'a mut RequestHeader,
+    /// The client's path and query (origin form), whatever target form the client used.
+    pub origin: &'a str,
+    pub base_url: &'a BaseUrl,
+    /// The upstream's `Host` value, built once per config.
+    pub host: &'a HeaderValue,
+    /// The key's credential header, built once per config; `None` = passthrough of the client's
+    /// own credentials.
+    pub credential: Option<&'a (HeaderName, HeaderValue)>,
+    /// The body to send; the kind may replace it (a translation, or a signature over it).
+    pub body: &'a mut Bytes,
+}
 
-    /// The header value for `key`.
-    pub fn header_value(self, key: &str) -> String {
-        match self {
-            AuthStyle::XApiKey => key.to_owned(),
-            AuthStyle::Bearer => format!("Bearer {key}"),
-        }
+/// A provider kind, as configs and runtime state hold it: a reference to its static.
+#[derive(Clone, Copy)]
+pub struct Kind(&'static dyn ProviderKind);
+
+impl std::ops::Deref for Kind {
+    type Target = dyn ProviderKind;
+    fn deref(&self) -> &Self::Target {
+        self.0
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn minimax_uses_bearer_and_the_rest_x_api_key() {
-        assert_eq!(
-            AuthStyle::for_kind(ProviderKind::Minimax).header_value("k"),
-            "Bearer k"
-        );
-        assert_eq!(
-            AuthStyle::for_kind(ProviderKind::Anthropic).header_name(),
-            "x-api-key"
-        );
-        assert_eq!(
-            AuthStyle::for_kind(ProviderKind::Zai).header_name(),
-            "x-api-key"
-        );
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
     }
+}
+
+impl PartialEq for Kind {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl Eq for Kind {}
+
+/// Every kind the relay implements, by `type:` name.
+pub static KINDS: &[Kind] = &[Kind(&ANTHROPIC), Kind(&ZAI), Kind(&MINIMAX), Kind(&OLLAMA)];
+
+/// The kind named `name` (as written in `type:`, matched case-insensitively).
+pub fn kind_named(name: &str) -> Option<Kind> {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+}
+
+/// `anthropic, zai, …`, for messages.
+pub fn supported_kinds() -> String {
+    KINDS
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,15 +1,18 @@
-//! Per-request state carried through Pingora's phases.
+//! Per-request state carried through Pingora's phases (per-attempt state is in `attempt`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::pool::{Demand, Reservation, Settlement};
+use bytes::Bytes;
+
+use crate::pool::{Demand, Settlement};
 use crate::usage::{JsonUsageScanner, SseUsageParser, Usage};
 
+use super::attempt::Attempt;
 use super::auth::RelayCredential;
-use super::errors::ApiError;
-use super::local::Route;
+use super::local::Endpoint;
+use super::request::RequestFacts;
 use super::state::{ProviderRuntime, RuntimeState};
 
 /// Holds one slot of `server.max_concurrent` for the life of a request.
@@ -63,25 +66,28 @@ impl UsageTracker {
     }
 }
 
+/// What one client request carries through Pingora's phases. What belongs to one try at an
+/// upstream is in [`Attempt`]; a request has as many as it takes (`routing.max_attempts`).
 pub struct RequestCtx {
     pub started: Instant,
     pub request_id: String,
-    pub route: Route,
+    pub endpoint: Endpoint,
     /// The runtime state this request started with; a reload does not change it mid-request.
     pub state: Option<Arc<RuntimeState>>,
-    pub provider: usize,
     pub credential: RelayCredential,
+    /// The body as the client sent it (validated), and what it says.
+    pub body: Bytes,
+    pub facts: RequestFacts,
     pub demand: Demand,
-    pub body_len: usize,
-    /// Attempts made so far (incremented when an upstream is chosen for one).
-    pub attempt: u32,
-    /// Key indexes already used by this request; a retry never picks them again.
-    pub tried: Vec<usize>,
-    pub reservation: Option<Reservation>,
-    /// Set when the relay itself raised the error that ends an attempt, to retry it.
-    pub retry_requested: bool,
-    /// An error the relay will answer in `fail_to_proxy`.
-    pub local_error: Option<ApiError>,
+    /// The provider chosen for the request (index into `state.providers`).
+    pub provider_index: usize,
+    /// Attempts started so far (the current one included).
+    pub attempts: u32,
+    /// The attempt in progress, if any.
+    pub attempt: Option<Attempt>,
+    /// Keys already used by this request, as (provider index, key index); a retry never picks
+    /// them again.
+    pub tried: Vec<(usize, usize)>,
     pub upstream_status: u16,
     pub usage: UsageTracker,
     pub replay_installed: bool,
@@ -93,17 +99,16 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
-            route: Route::Unknown,
+            endpoint: Endpoint::Unknown,
             state: None,
-            provider: 0,
             credential: RelayCredential::NotRequired,
+            body: Bytes::new(),
+            facts: RequestFacts::default(),
             demand: Demand::default(),
-            body_len: 0,
-            attempt: 0,
+            provider_index: 0,
+            attempts: 0,
+            attempt: None,
             tried: Vec::new(),
-            reservation: None,
-            retry_requested: false,
-            local_error: None,
             upstream_status: 0,
             usage: UsageTracker::Off,
             replay_installed: false,
@@ -111,32 +116,50 @@ impl RequestCtx {
         }
     }
 
+    /// The provider chosen for this request.
     pub fn provider(&self) -> Option<&ProviderRuntime> {
-        self.state.as_ref().map(|s| &s.providers[self.provider])
+        self.state
+            .as_ref()
+            .map(|s| &s.providers[self.provider_index])
     }
 
     pub fn provider_name(&self) -> &str {
         self.provider().map_or("-", |p| p.name())
     }
 
-    /// The request never got an answer the key must pay for: give the reservation back.
+    /// `routing.max_attempts` of the config this request started with.
+    pub fn max_attempts(&self) -> u32 {
+        self.state
+            .as_ref()
+            .map_or(1, |s| s.config.routing.max_attempts)
+    }
+
+    /// Key indexes of `provider` this request already used.
+    pub fn tried_keys(&self, provider: usize) -> impl Iterator<Item = usize> + '_ {
+        self.tried
+            .iter()
+            .filter(move |(p, _)| *p == provider)
+            .map(|&(_, k)| k)
+    }
+
+    /// The attempt got no answer the key must pay for: give its reservation back.
     pub fn release_reservation(&mut self) {
-        if let Some(r) = self.reservation.take() {
+        if let Some(r) = self.attempt.as_mut().and_then(|a| a.reservation.take()) {
             r.release();
         }
     }
 
     /// The response is over: charge the key what was really used.
     pub fn settle_reservation(&mut self) {
-        let Some(r) = self.reservation.take() else {
+        let Some(r) = self.attempt.as_mut().and_then(|a| a.reservation.take()) else {
             return;
         };
         let answered = (200..300).contains(&self.upstream_status);
-        match (answered, self.route, self.usage.usage()) {
-            (true, Route::Messages, Some(u)) => r.settle(u.settlement(self.demand.max_tokens)),
+        match (answered, self.endpoint, self.usage.usage()) {
+            (true, Endpoint::Messages, Some(u)) => r.settle(u.settlement(self.demand.max_tokens)),
             // Answered but no usage could be read (e.g. the stream broke before
             // message_start): charge the estimate the admission made.
-            (true, Route::Messages, None) => r.settle(Settlement {
+            (true, Endpoint::Messages, None) => r.settle(Settlement {
                 input_tokens: self.demand.input_tokens,
                 output_tokens: 0,
             }),

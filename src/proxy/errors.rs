@@ -6,6 +6,50 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+/// Pingora's error type for an attempt that ends with the relay's own answer (the [`ApiError`]
+/// is the error's cause).
+pub const RELAY_ANSWER: ErrorType = ErrorType::Custom("RelayAnswer");
+/// Pingora's error type for an attempt the relay turns into a retry (the [`RetryAttempt`] is
+/// the error's cause).
+pub const RELAY_RETRY: ErrorType = ErrorType::Custom("RelayRetry");
+
+/// End the request with `err`: the relay's own answer travels as the cause of the Pingora
+/// error, and `fail_to_proxy` writes it.
+pub fn answer(err: ApiError) -> Box<Error> {
+    Error::because(RELAY_ANSWER, "the relay answers the client itself", err)
+}
+
+/// The relay's own answer carried by `e`, if any.
+pub fn relay_answer(e: &Error) -> Option<&ApiError> {
+    e.root_cause().downcast_ref::<ApiError>()
+}
+
+/// An attempt the upstream refused before a byte reached the client, to be made again on
+/// another key.
+#[derive(Debug, thiserror::Error)]
+#[error("attempt {attempt} got status {status}; retrying on another key")]
+pub struct RetryAttempt {
+    pub status: u16,
+    pub attempt: u32,
+}
+
+/// The error that makes Pingora start another attempt (it runs `upstream_peer` again).
+pub fn retry(status: u16, attempt: u32) -> Box<Error> {
+    let mut e = Error::because(
+        RELAY_RETRY,
+        "retrying on another key",
+        RetryAttempt { status, attempt },
+    );
+    e.set_retry(true);
+    e
+}
+
+/// Whether `e` is the relay's own retry of an attempt.
+pub fn is_relay_retry(e: &Error) -> bool {
+    e.root_cause().is::<RetryAttempt>()
+}
 
 /// An error the relay answers without (or instead of) an upstream response.
 #[derive(Debug, Clone, thiserror::Error)]

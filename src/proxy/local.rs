@@ -1,17 +1,16 @@
-//! Endpoints the relay answers itself, and the request routing table.
+//! The endpoint table, and the client-facing answers the relay gives itself (`/`,
+//! `/v1/models`); the operational ones (`/health`, `/status`) are the admin side's.
 
 use bytes::Bytes;
 use pingora::http::{Method, ResponseHeader};
 use pingora::proxy::Session;
 
-use std::sync::atomic::Ordering;
+use super::state::RuntimeState;
 
-use super::state::{RuntimeState, Shared};
-
-/// What a request is, by method and path (the query string never matters here: Claude Code
-/// posts to `/v1/messages?beta=true`).
+/// Which endpoint a request is for, by method and path (the query string never matters here:
+/// Claude Code posts to `/v1/messages?beta=true`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum Endpoint {
     /// `HEAD /` or `GET /`: Claude Code's connectivity preflight.
     Root,
     Health,
@@ -23,42 +22,42 @@ pub enum Route {
     Unknown,
 }
 
-impl Route {
-    pub fn of(method: &Method, path: &str) -> Route {
+impl Endpoint {
+    pub fn of(method: &Method, path: &str) -> Endpoint {
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
         let (route, allowed) = match path {
             "/" => (
-                Route::Root,
+                Endpoint::Root,
                 *method == Method::GET || *method == Method::HEAD,
             ),
             "/health" => (
-                Route::Health,
+                Endpoint::Health,
                 *method == Method::GET || *method == Method::HEAD,
             ),
-            "/status" => (Route::Status, *method == Method::GET),
-            "/v1/models" => (Route::Models, *method == Method::GET),
-            "/v1/messages" => (Route::Messages, *method == Method::POST),
-            "/v1/messages/count_tokens" => (Route::CountTokens, *method == Method::POST),
-            _ => return Route::Unknown,
+            "/status" => (Endpoint::Status, *method == Method::GET),
+            "/v1/models" => (Endpoint::Models, *method == Method::GET),
+            "/v1/messages" => (Endpoint::Messages, *method == Method::POST),
+            "/v1/messages/count_tokens" => (Endpoint::CountTokens, *method == Method::POST),
+            _ => return Endpoint::Unknown,
         };
         if allowed {
             route
         } else {
-            Route::WrongMethod
+            Endpoint::WrongMethod
         }
     }
 
     /// Whether the route goes to an upstream.
     pub fn is_proxied(self) -> bool {
-        matches!(self, Route::Messages | Route::CountTokens)
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
     }
 
     /// Whether the route needs the relay's credential (health checks and the preflight don't).
     pub fn needs_auth(self) -> bool {
-        !matches!(self, Route::Root | Route::Health)
+        !matches!(self, Endpoint::Root | Endpoint::Health)
     }
 }
 
@@ -120,81 +119,32 @@ pub fn models_body(state: &RuntimeState) -> Bytes {
     )
 }
 
-/// `GET /health` (no auth): liveness and the config generation, nothing else. Why a reload
-/// failed (which may quote the file) is in `/status`, behind the relay's credential.
-pub fn health_body(state: &RuntimeState) -> Bytes {
-    Bytes::from(format!(
-        "{{\"status\":\"ok\",\"config_generation\":{}}}",
-        state.generation
-    ))
-}
-
-/// `GET /status`: every provider's keys by id with their live budgets, and how the last
-/// reload went. Never a secret.
-pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
-    let providers: Vec<_> = state
-        .providers
-        .iter()
-        .map(|p| {
-            let keys: Vec<_> = p
-                .pool
-                .iter()
-                .flat_map(|pool| pool.keys())
-                .map(|k| {
-                    let s = k.snapshot();
-                    serde_json::json!({
-                        "id": s.id,
-                        "priority": s.priority,
-                        "weight": s.weight,
-                        "disabled": s.disabled,
-                        "forbidden_strikes": s.forbidden_strikes,
-                        "cooling_down_ms": s.cooling_for.map(|d| d.as_millis() as u64),
-                        "in_flight": s.in_flight,
-                        "requests": {"limit": s.requests.limit, "remaining": s.requests.remaining},
-                        "input_tokens": {"limit": s.input_tokens.limit, "remaining": s.input_tokens.remaining},
-                        "output_tokens": {"limit": s.output_tokens.limit, "remaining": s.output_tokens.remaining},
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "name": p.config.name,
-                "type": p.config.kind.as_str(),
-                "enabled": p.config.enabled,
-                "base_url": p.config.base_url.to_string(),
-                "passthrough": p.pool.is_none(),
-                "strategy": p.pool.as_ref().map(|pool| pool.strategy().as_str()),
-                "keys_available": p.pool.as_ref().map(|pool| pool.available()),
-                "keys": keys,
-            })
-        })
-        .collect();
-    Bytes::from(
-        serde_json::json!({
-            "config_generation": state.generation,
-            "reload": {
-                "attempts": shared.reload_attempts.load(Ordering::Relaxed),
-                "last_error": shared.last_reload_error.load().as_deref(),
-            },
-            "providers": providers,
-        })
-        .to_string(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn routes_ignore_trailing_slash_and_check_methods() {
-        assert_eq!(Route::of(&Method::POST, "/v1/messages"), Route::Messages);
-        assert_eq!(Route::of(&Method::POST, "/v1/messages/"), Route::Messages);
         assert_eq!(
-            Route::of(&Method::POST, "/v1/messages/count_tokens"),
-            Route::CountTokens
+            Endpoint::of(&Method::POST, "/v1/messages"),
+            Endpoint::Messages
         );
-        assert_eq!(Route::of(&Method::GET, "/v1/messages"), Route::WrongMethod);
-        assert_eq!(Route::of(&Method::HEAD, "/"), Route::Root);
-        assert_eq!(Route::of(&Method::GET, "/v1/complete"), Route::Unknown);
+        assert_eq!(
+            Endpoint::of(&Method::POST, "/v1/messages/"),
+            Endpoint::Messages
+        );
+        assert_eq!(
+            Endpoint::of(&Method::POST, "/v1/messages/count_tokens"),
+            Endpoint::CountTokens
+        );
+        assert_eq!(
+            Endpoint::of(&Method::GET, "/v1/messages"),
+            Endpoint::WrongMethod
+        );
+        assert_eq!(Endpoint::of(&Method::HEAD, "/"), Endpoint::Root);
+        assert_eq!(
+            Endpoint::of(&Method::GET, "/v1/complete"),
+            Endpoint::Unknown
+        );
     }
 }

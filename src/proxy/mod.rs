@@ -1,77 +1,62 @@
-//! The relay as a Pingora `ProxyHttp`: one request's path through the phases.
+//! The relay as a Pingora `ProxyHttp`: one request's path through the phases, kept thin — the
+//! work is in the intake steps (`intake`), the attempt (`attempt`), the provider kinds
+//! (`crate::providers`) and the pool (`crate::pool`).
 //!
 //! ```text
-//! request_filter           route, auth, read + parse the body, pick the provider, check the
-//!                          pool can admit it (or answer 429 without touching the upstream)
-//! upstream_peer            the provider's resolved address (no DNS here)
-//! upstream_request_filter  select + reserve a key, inject it, strip client credentials,
-//!                          Host, path prefix, Content-Length of the (rewritten) body
-//! upstream_response_filter a throttled/failed attempt becomes a retry on another key
-//! response_filter          learn anthropic-ratelimit-* into the pool, verdicts, headers
-//! response_body_filter     read usage from the JSON body or the SSE stream as it passes
+//! request_filter           intake steps: endpoint, auth, local endpoints, admission, body,
+//!                          facts, provider, pool admission (or a local answer, one exit point)
+//! upstream_peer            a new attempt: the provider's resolved address (no DNS here)
+//! upstream_request_filter  select + reserve a key, then the provider kind prepares the request
+//! request_body_filter      the attempt's own body (model mapping, translation) goes upstream
+//! upstream_response_filter the kind classifies the status; a refused attempt becomes a retry
+//! response_filter          learn rate-limit headers into the pool, verdicts, headers
+//! response_body_filter     the kind's body adapter (if any), then usage from JSON or SSE
 //! logging                  settle the reservation with the real usage
 //! ```
 //!
 //! Retries: Pingora retries only connection errors and has no status-driven retry. A 429, 401,
-//! 529 or 5xx seen in `upstream_response_filter` — before a byte reached the client — is turned
-//! into an error marked retryable, and `error_while_proxy` keeps that mark for this request;
-//! Pingora then runs `upstream_peer` and `upstream_request_filter` again, where the next key is
-//! chosen excluding the ones tried. The body is resent from the relay's own buffer
-//! (`replay::BodyReplaySession`), whatever its size. The last attempt is never turned into an
-//! error: the client then sees the upstream's real response.
+//! 403, 529 or 5xx seen in `upstream_response_filter` — before a byte reached the client — is
+//! turned into an error whose cause is a [`errors::RetryAttempt`], marked retryable;
+//! `error_while_proxy` keeps that mark; Pingora then runs `upstream_peer` and
+//! `upstream_request_filter` again: a new attempt, on a key not tried yet. The body is resent
+//! from the relay's own buffer (`replay::BodyReplaySession`), whatever its size. The last
+//! attempt is never turned into an error: the client then sees the upstream's real response.
+//! An answer of the relay's own (pool exhausted, upstream unreachable) travels the same way, as
+//! the [`ApiError`] cause of the Pingora error, and `fail_to_proxy` writes it.
 
+mod attempt;
 mod auth;
 mod ctx;
 mod errors;
+mod intake;
+mod learn;
 mod local;
 mod replay;
 mod request;
 mod state;
-mod verdict;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+pub use auth::authenticate;
 pub use ctx::RequestCtx;
 pub use errors::ApiError;
-pub use local::Route;
+pub use local::Endpoint;
 pub use request::RequestFacts;
 pub use state::{shared, ProviderRuntime, RuntimeState, Shared, SharedState};
 
-use crate::pool::Demand;
+use crate::providers::Verdict;
 use crate::usage::{JsonUsageScanner, SseUsageParser};
-use ctx::{ConcurrencySlot, UsageTracker};
+use attempt::Attempt;
+use ctx::UsageTracker;
+use intake::{Answer, Step};
 use replay::BodyReplaySession;
-use verdict::Verdict;
-
-/// Headers that describe one hop, not the message: never forwarded upstream.
-/// `accept-encoding` is dropped too so responses come back uncompressed and the relay can read
-/// token usage from them.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "accept-encoding",
-    "expect",
-];
-
-/// Pingora's errors for a request body whose HTTP framing is broken (`v1/body.rs`).
-const MALFORMED_BODY: &[&str] = &["InvalidChunk", "InvalidTrailerEnd"];
-
-/// How long one wait for pool capacity sleeps at most, so a request held by
-/// `pooling.max_wait_ms` notices capacity freed by settlements soon after it appears.
-const CAPACITY_POLL: Duration = Duration::from_millis(50);
 
 pub struct Relay {
     shared: SharedState,
@@ -82,113 +67,31 @@ impl Relay {
         Relay { shared }
     }
 
-    /// Answer `err` locally; the request ends here.
-    async fn reject(&self, session: &mut Session, ctx: &RequestCtx, err: ApiError) -> Result<bool> {
-        log::debug!(
-            "{} {} -> {} ({})",
-            ctx.request_id,
-            session.req_header().uri.path(),
-            err.status(),
-            err
-        );
-        errors::write_error(session, &err, &ctx.request_id).await?;
-        Ok(true)
-    }
-
-    /// Read the whole request body, refusing it past `limit` bytes. A body that arrives in one
-    /// read is kept as it is, without a copy.
-    async fn read_body(session: &mut Session, limit: usize) -> Result<Result<Bytes, ApiError>> {
-        let declared = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Ok(Err(ApiError::BodyTooLarge { limit }));
-        }
-        // The relay reads the body before anything goes upstream, so it answers the client's
-        // `Expect: 100-continue` itself (curl otherwise waits a second before sending), once
-        // the declared size is known to be acceptable.
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            session.write_continue_response().await?;
-        }
-        let mut first: Option<Bytes> = None;
-        let mut rest: Option<BytesMut> = None;
-        let mut total = 0usize;
-        loop {
-            let chunk = match session.read_request_body().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                // The client's framing is broken: its fault, answered (not a relay error).
-                Err(e) if MALFORMED_BODY.contains(&e.etype().as_str()) => {
-                    return Ok(Err(ApiError::MalformedBody(format!(
-                        "{} (chunked transfer encoding)",
-                        e.etype().as_str()
-                    ))));
+    /// The intake steps, in order; the first that does not continue decides.
+    async fn intake(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Step> {
+        let state = self.shared.current.load_full();
+        ctx.state = Some(state.clone());
+        macro_rules! step {
+            ($e:expr) => {
+                if let Step::Respond(answer) = $e {
+                    return Ok(Step::Respond(answer));
                 }
-                Err(e) => return Err(e),
             };
-            total += chunk.len();
-            if total > limit {
-                return Ok(Err(ApiError::BodyTooLarge { limit }));
-            }
-            match (&mut first, &mut rest) {
-                (None, _) => first = Some(chunk),
-                (Some(f), None) => {
-                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(total).max(total));
-                    buf.extend_from_slice(f);
-                    buf.extend_from_slice(&chunk);
-                    rest = Some(buf);
-                }
-                (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
-            }
         }
-        Ok(Ok(match (first, rest) {
-            (_, Some(buf)) => buf.freeze(),
-            (Some(f), None) => f,
-            (None, None) => Bytes::new(),
-        }))
+        step!(intake::endpoint(session, ctx));
+        step!(intake::authenticate(session, ctx, &state));
+        step!(intake::local_endpoints(ctx, &state, &self.shared));
+        step!(intake::admission(ctx, &state, &self.shared));
+        step!(intake::read_and_parse_body(session, ctx, &state).await?);
+        step!(intake::choose_provider(ctx, &state));
+        let provider = &state.providers[ctx.provider_index];
+        step!(intake::pool_admission(ctx, provider).await);
+        Ok(Step::Continue)
     }
 
-    /// Wait up to `max_wait` for the provider's pool to be able to admit `demand`.
-    async fn admit(
-        provider: &ProviderRuntime,
-        demand: &Demand,
-        max_wait: Duration,
-    ) -> std::result::Result<(), ApiError> {
-        let Some(pool) = &provider.pool else {
-            return Ok(());
-        };
-        let deadline = tokio::time::Instant::now() + max_wait;
-        loop {
-            let exhausted = match pool.check(demand, &[]) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let now = tokio::time::Instant::now();
-            if now >= deadline || exhausted.all_disabled {
-                return Err(ApiError::pool_refused(provider.name(), exhausted));
-            }
-            let nap = exhausted.retry_after.min(CAPACITY_POLL).min(deadline - now);
-            tokio::time::sleep(nap).await;
-        }
-    }
-
-    fn max_attempts(ctx: &RequestCtx) -> u32 {
-        ctx.state
-            .as_ref()
-            .map_or(1, |s| s.config.routing.max_attempts)
-    }
-
-    /// Whether a failed attempt with `verdict` should be tried again.
+    /// Whether a failed attempt with `verdict` should be made again.
     fn should_retry(ctx: &RequestCtx, verdict: Verdict) -> bool {
-        if ctx.attempt >= Self::max_attempts(ctx) || !verdict.is_retryable() {
+        if ctx.attempts >= ctx.max_attempts() || !verdict.is_retryable() {
             return false;
         }
         let Some(provider) = ctx.provider() else {
@@ -197,19 +100,13 @@ impl Relay {
         match &provider.pool {
             // Another key must be able to take it now; otherwise the client is better served
             // by the upstream's own answer than by a local 429.
-            Some(pool) => pool.check(&ctx.demand, &ctx.tried).is_ok(),
+            Some(pool) => {
+                let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
+                pool.check(&ctx.demand, &tried).is_ok()
+            }
             // Passthrough: the same credential again, only for failures that are not its fault.
             None => verdict.is_transient(),
         }
-    }
-
-    fn retry_error(status: u16) -> Box<Error> {
-        let mut e = Error::explain(
-            ErrorType::HTTPStatus(status),
-            "upstream refused the attempt; retrying on another key",
-        );
-        e.set_retry(true);
-        e
     }
 }
 
@@ -226,7 +123,6 @@ impl ProxyHttp for Relay {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let state = self.shared.current.load_full();
         ctx.request_id = new_request_id();
         if self
             .shared
@@ -235,123 +131,28 @@ impl ProxyHttp for Relay {
         {
             session.set_keepalive(None);
         }
-        let route = {
-            let req = session.req_header();
-            Route::of(&req.method, req.uri.path())
-        };
-        ctx.route = route;
-
-        match route {
-            Route::Unknown => {
-                let req = session.req_header();
-                let err = ApiError::NotFound {
-                    method: req.method.to_string(),
-                    path: req.uri.path().to_owned(),
-                };
-                ctx.state = Some(state);
-                return self.reject(session, ctx, err).await;
+        match self.intake(session, ctx).await? {
+            Step::Continue => {
+                BodyReplaySession::install(session, ctx.body.clone());
+                ctx.replay_installed = true;
+                Ok(false)
             }
-            Route::WrongMethod => {
-                let req = session.req_header();
-                let err = ApiError::MethodNotAllowed {
-                    method: req.method.to_string(),
-                    path: req.uri.path().to_owned(),
-                };
-                return self.reject(session, ctx, err).await;
-            }
-            _ => {}
-        }
-
-        if route.needs_auth() {
-            match auth::authenticate(&state.config.server.auth, session.req_header()) {
-                Ok(cred) => ctx.credential = cred,
-                Err(e) => return self.reject(session, ctx, e).await,
-            }
-        }
-
-        match route {
-            Route::Root => {
-                let body = Bytes::from_static(b"{\"status\":\"ok\",\"service\":\"cc-relay\"}");
+            Step::Respond(Answer::Json(body)) => {
                 local::respond_json(session, 200, body, &ctx.request_id).await?;
-                return Ok(true);
+                Ok(true)
             }
-            Route::Health => {
-                let body = local::health_body(&state);
-                local::respond_json(session, 200, body, &ctx.request_id).await?;
-                return Ok(true);
-            }
-            Route::Status => {
-                let body = local::status_body(&state, &self.shared);
-                local::respond_json(session, 200, body, &ctx.request_id).await?;
-                return Ok(true);
-            }
-            Route::Models => {
-                let body = local::models_body(&state);
-                local::respond_json(session, 200, body, &ctx.request_id).await?;
-                return Ok(true);
-            }
-            _ => {}
-        }
-
-        let server = &state.config.server;
-        match ConcurrencySlot::acquire(&self.shared.in_flight, server.max_concurrent) {
-            Some(slot) => ctx.slot = Some(slot),
-            None => {
-                let err = ApiError::Overloaded {
-                    limit: server.max_concurrent,
-                };
-                return self.reject(session, ctx, err).await;
+            Step::Respond(Answer::Error(err)) => {
+                log::debug!(
+                    "{} {} -> {} ({})",
+                    ctx.request_id,
+                    session.req_header().uri.path(),
+                    err.status(),
+                    err
+                );
+                errors::write_error(session, &err, &ctx.request_id).await?;
+                Ok(true)
             }
         }
-
-        let body = match Self::read_body(session, server.max_body_bytes).await? {
-            Ok(b) => b,
-            Err(e) => return self.reject(session, ctx, e).await,
-        };
-        let facts = match RequestFacts::parse(&body) {
-            Ok(f) => f,
-            Err(e) => return self.reject(session, ctx, e).await,
-        };
-
-        let Some((index, routed_model)) = state.route(facts.model.as_deref()) else {
-            let err = ApiError::Internal("no enabled provider is configured".into());
-            return self.reject(session, ctx, err).await;
-        };
-        let provider = &state.providers[index];
-        let final_model = routed_model.map(|m| {
-            provider
-                .config
-                .model_mapping
-                .get(m)
-                .map(String::as_str)
-                .unwrap_or(m)
-        });
-        let body = match final_model {
-            Some(m) if Some(m) != facts.model.as_deref() => facts.rewrite_model(&body, m),
-            _ => body,
-        };
-
-        ctx.demand = match route {
-            Route::Messages => Demand {
-                input_tokens: RequestFacts::estimate_input_tokens(body.len()),
-                max_tokens: facts.max_tokens,
-            },
-            // Token counting has its own limits upstream; it costs a request, no tokens.
-            _ => Demand {
-                input_tokens: 0,
-                max_tokens: 1,
-            },
-        };
-        if let Err(e) = Self::admit(provider, &ctx.demand, provider.config.pooling.max_wait).await {
-            return self.reject(session, ctx, e).await;
-        }
-
-        ctx.provider = index;
-        ctx.body_len = body.len();
-        ctx.state = Some(state);
-        BodyReplaySession::install(session, body);
-        ctx.replay_installed = true;
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -359,18 +160,16 @@ impl ProxyHttp for Relay {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        ctx.attempt += 1;
         let state = ctx.state.clone().expect("set by request_filter");
-        let provider = &state.providers[ctx.provider];
+        let provider = &state.providers[ctx.provider_index];
+        ctx.attempts += 1;
+        let body = intake::body_for(ctx, &state, provider);
+        ctx.attempt = Some(Attempt::new(ctx.attempts, ctx.provider_index, body));
         let Some(addr) = provider.addrs.pick() else {
-            ctx.local_error = Some(ApiError::UpstreamUnreachable {
+            return Err(errors::answer(ApiError::UpstreamUnreachable {
                 provider: provider.name().to_owned(),
                 reason: format!("host {} did not resolve", provider.addrs.host()),
-            });
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "upstream host has no address",
-            ));
+            }));
         };
         let base = &provider.config.base_url;
         let server = &state.config.server;
@@ -391,7 +190,7 @@ impl ProxyHttp for Relay {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent and no key was charged yet: any attempt left may take it.
-        let retry = ctx.attempt < Self::max_attempts(ctx);
+        let retry = ctx.attempts < ctx.max_attempts();
         e.set_retry(retry);
         e
     }
@@ -403,81 +202,48 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let state = ctx.state.clone().expect("set by request_filter");
-        let provider = &state.providers[ctx.provider];
-
-        // Scan the names present (one or two match at most, e.g. `connection`) instead of nine
-        // remove_header(&str) calls, each of which parses and hashes a name; no list is built.
-        while let Some(name) = upstream
-            .headers
-            .keys()
-            .find(|k| HOP_BY_HOP.contains(&k.as_str()))
-            .cloned()
-        {
-            upstream.remove_header(&name);
-        }
-
-        if let Some(pool) = &provider.pool {
-            match pool.acquire(&ctx.demand, &ctx.tried) {
-                Ok(reservation) => {
-                    let index = reservation.index();
-                    log::debug!(
-                        "{} attempt {} -> provider {} key {} ({} of {} keys available)",
-                        ctx.request_id,
-                        ctx.attempt,
-                        provider.name(),
-                        reservation.key().id(),
-                        pool.available(),
-                        pool.len()
-                    );
-                    ctx.tried.push(index);
-                    ctx.reservation = Some(reservation);
-                    // The relay supplies the key: no client credential reaches the upstream.
-                    upstream.remove_header("x-api-key");
-                    upstream.remove_header("authorization");
-                    upstream.insert_header(
-                        provider.auth.header_name(),
-                        provider.auth_value(index).clone(),
-                    )?;
-                }
-                Err(exhausted) => {
-                    ctx.local_error = Some(ApiError::pool_refused(provider.name(), exhausted));
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(429),
-                        "key pool exhausted",
-                    ));
-                }
+        let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
+        let attempt = ctx.attempt.as_mut().expect("set by upstream_peer");
+        let provider = &state.providers[attempt.provider];
+        attempt
+            .reserve_key(provider, &ctx.demand, &tried)
+            .map_err(errors::answer)?;
+        if let Some(key) = attempt.key_index() {
+            ctx.tried.push((attempt.provider, key));
+            if log::log_enabled!(log::Level::Debug) {
+                let pool = provider.pool.as_ref().expect("a reserved key has a pool");
+                log::debug!(
+                    "{} attempt {} -> provider {} key {} ({} of {} keys available)",
+                    ctx.request_id,
+                    attempt.number,
+                    provider.name(),
+                    pool.keys()[key].id(),
+                    pool.available(),
+                    pool.len()
+                );
             }
-        } else if let Some(header) = ctx.credential.header() {
-            // Passthrough: the client's upstream credential goes on, the relay's own does not.
-            upstream.remove_header(header);
         }
-
-        upstream.insert_header(http::header::HOST, provider.host_value.clone())?;
-        upstream.insert_header(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(ctx.body_len),
-        )?;
-        // Always origin form upstream (path and query), whatever form the client used: an
-        // absolute-form target (`POST http://evil.example/v1/messages`) forwarded as is would
-        // let an upstream that routes by the target serve it as another host, pool key and
-        // all. Pingora keeps such a target verbatim for the wire; `set_uri` replaces it.
         let origin = session
             .req_header()
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
-        let prefix = &provider.config.base_url.path_prefix;
-        if !prefix.is_empty() {
-            let joined = format!("{prefix}{origin}");
-            let uri = joined.parse::<http::Uri>().map_err(|e| {
-                Error::because(ErrorType::InternalError, "joining base_url path", e)
-            })?;
-            upstream.set_uri(uri);
-        } else if upstream.raw_path() != origin.as_bytes() {
-            let uri = origin.parse::<http::Uri>().map_err(|e| {
-                Error::because(ErrorType::InternalError, "origin-form request target", e)
-            })?;
-            upstream.set_uri(uri);
+        attempt.prepare(provider, ctx.credential, origin, upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The replay session hands Pingora the client's body in one piece per attempt; what
+        // goes upstream is this attempt's own (its provider's model, its kind's shape).
+        if let (Some(chunk), Some(attempt)) = (body.as_mut(), &ctx.attempt) {
+            if chunk.as_ptr() != attempt.body.as_ptr() || chunk.len() != attempt.body.len() {
+                *chunk = attempt.body.clone();
+            }
         }
         Ok(())
     }
@@ -489,19 +255,21 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        let verdict = Verdict::of(status);
+        let verdict = match ctx.provider() {
+            Some(p) => p.config.kind.classify(status),
+            None => Verdict::of(status),
+        };
         if Self::should_retry(ctx, verdict) {
-            verdict::apply(ctx, upstream_response, verdict);
+            learn::apply(ctx, upstream_response, verdict);
             log::info!(
                 "{} attempt {} on provider {} got {}; retrying",
                 ctx.request_id,
-                ctx.attempt,
+                ctx.attempts,
                 ctx.provider_name(),
                 status
             );
             ctx.release_reservation();
-            ctx.retry_requested = true;
-            return Err(Self::retry_error(status));
+            return Err(errors::retry(status, ctx.attempts));
         }
         Ok(())
     }
@@ -514,9 +282,15 @@ impl ProxyHttp for Relay {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = status;
-        verdict::apply(ctx, upstream_response, Verdict::of(status));
+        if let Some(provider) = ctx.provider() {
+            learn::apply(
+                ctx,
+                upstream_response,
+                provider.config.kind.classify(status),
+            );
+        }
 
-        if (200..300).contains(&status) && ctx.route == Route::Messages {
+        if (200..300).contains(&status) && ctx.endpoint == Endpoint::Messages {
             let is_sse = upstream_response
                 .headers
                 .get("content-type")
@@ -531,7 +305,8 @@ impl ProxyHttp for Relay {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(provider) = ctx.provider() {
             if let Some(pool) = &provider.pool {
-                if let Some(id) = ctx.tried.last().and_then(|&i| provider.key_id_value(i)) {
+                let key = ctx.attempt.as_ref().and_then(Attempt::key_index);
+                if let Some(id) = key.and_then(|i| provider.key_id_value(i)) {
                     upstream_response.insert_header("x-cc-relay-key-id", id.clone())?;
                 }
                 upstream_response
@@ -567,7 +342,7 @@ impl ProxyHttp for Relay {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
-        if std::mem::take(&mut ctx.retry_requested) {
+        if errors::is_relay_retry(&e) {
             // Our own status-driven retry: keep it (Pingora's default refuses POST retries).
             e.set_retry(true);
             return e;
@@ -581,17 +356,21 @@ impl ProxyHttp for Relay {
                 e.etype(),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout
             )
-            && ctx.local_error.is_none()
-            && ctx.attempt < Self::max_attempts(ctx);
+            && errors::relay_answer(&e).is_none()
+            && ctx.attempts < ctx.max_attempts();
         let mut retry = false;
         if connection_failure {
             // Not the key's fault: it may serve the next attempt too.
-            if let Some(r) = ctx.reservation.take() {
-                ctx.tried.retain(|&i| i != r.index());
+            if let Some(r) = ctx.attempt.as_mut().and_then(|a| a.reservation.take()) {
+                let key = (ctx.provider_index, r.index());
+                ctx.tried.retain(|&t| t != key);
                 r.release();
             }
             retry = match ctx.provider().and_then(|p| p.pool.as_ref()) {
-                Some(pool) => pool.check(&ctx.demand, &ctx.tried).is_ok(),
+                Some(pool) => {
+                    let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
+                    pool.check(&ctx.demand, &tried).is_ok()
+                }
                 None => true,
             };
         }
@@ -630,8 +409,8 @@ impl ProxyHttp for Relay {
             .state
             .as_ref()
             .map_or(0, |s| s.config.server.upstream_read_timeout.as_millis());
-        let err = match ctx.local_error.take() {
-            Some(err) => err,
+        let err = match errors::relay_answer(e) {
+            Some(err) => err.clone(),
             None => match (e.esource(), e.etype()) {
                 (ErrorSource::Downstream, _) => {
                     // The client went away or sent garbage: nobody to answer.
@@ -667,7 +446,10 @@ impl ProxyHttp for Relay {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         // A local 429 from an exhausted pool is an answer, not a failure; it is logged at debug.
-        matches!(error.etype(), ErrorType::HTTPStatus(429))
+        matches!(
+            errors::relay_answer(error),
+            Some(ApiError::PoolExhausted { .. })
+        )
     }
 
     fn suppress_proxy_warn_log(
@@ -678,7 +460,7 @@ impl ProxyHttp for Relay {
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
         // Status-driven retries are the relay's own, already logged with the key's id.
-        matches!(error.etype(), ErrorType::HTTPStatus(_))
+        errors::is_relay_retry(error)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
@@ -687,7 +469,7 @@ impl ProxyHttp for Relay {
         }
         ctx.settle_reservation();
         // The usage is read again only for the debug line: not when it is filtered out.
-        if ctx.route.is_proxied() && log::log_enabled!(log::Level::Debug) {
+        if ctx.endpoint.is_proxied() && log::log_enabled!(log::Level::Debug) {
             let usage = ctx.usage.usage().unwrap_or_default();
             log::debug!(
                 "{} {} provider={} status={} attempts={} in={} out={} ms={}",
@@ -695,7 +477,7 @@ impl ProxyHttp for Relay {
                 session.req_header().uri.path(),
                 ctx.provider_name(),
                 ctx.upstream_status,
-                ctx.attempt,
+                ctx.attempts,
                 usage.input_tokens,
                 usage.output_tokens,
                 ctx.started.elapsed().as_millis()

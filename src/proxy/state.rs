@@ -7,16 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::config::{self, Config, ProviderConfig};
 use crate::pool::{KeyPool, KeySpec};
-use crate::providers::{resolve_now, AuthStyle, ResolvedAddrs};
+use crate::providers::{resolve_now, ResolvedAddrs};
 
 /// One provider, ready for requests.
 pub struct ProviderRuntime {
     pub config: ProviderConfig,
-    pub auth: AuthStyle,
     /// Present when the provider has keys; `None` = passthrough of the client's credentials.
     pub pool: Option<KeyPool>,
     pub addrs: Arc<ResolvedAddrs>,
@@ -24,7 +23,7 @@ pub struct ProviderRuntime {
     /// count): the upstream's `Host`, per key its credential (marked sensitive) and its id, the
     /// pool size.
     pub host_value: HeaderValue,
-    auth_values: Vec<HeaderValue>,
+    credentials: Vec<(HeaderName, HeaderValue)>,
     key_id_values: Vec<Option<HeaderValue>>,
     pub keys_total_value: HeaderValue,
 }
@@ -39,9 +38,9 @@ impl ProviderRuntime {
         self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
     }
 
-    /// The credential header value for the key at `index` of this provider's pool.
-    pub fn auth_value(&self, index: usize) -> &HeaderValue {
-        &self.auth_values[index]
+    /// The credential header (name and sensitive value) of the key at `index` of the pool.
+    pub fn credential(&self, index: usize) -> &(HeaderName, HeaderValue) {
+        &self.credentials[index]
     }
 
     /// The `x-cc-relay-key-id` value for the key at `index`, `None` when the id is not a valid
@@ -51,18 +50,23 @@ impl ProviderRuntime {
     }
 }
 
-/// Per key: its credential as a sensitive header value. Config validation refuses keys that a
-/// header cannot carry; were one to get through, it would be sent empty and refused upstream
-/// like any wrong key.
-fn auth_values(provider: &ProviderConfig, auth: AuthStyle) -> Vec<HeaderValue> {
+/// Per key: its credential header as the provider's kind wants it, the value marked sensitive
+/// (never logged by the `http` crate). Config validation refuses keys that a header cannot
+/// carry; were one to get through, it would be sent empty and refused upstream like any wrong
+/// key.
+fn credentials(provider: &ProviderConfig) -> Vec<(HeaderName, HeaderValue)> {
     provider
         .keys
         .iter()
         .map(|k| {
-            let mut v = HeaderValue::from_str(&auth.header_value(k.key.expose()))
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-            v.set_sensitive(true);
-            v
+            let (name, mut value) = provider.kind.credential(k.key.expose()).unwrap_or_else(|| {
+                (
+                    HeaderName::from_static("x-api-key"),
+                    HeaderValue::from_static(""),
+                )
+            });
+            value.set_sensitive(true);
+            (name, value)
         })
         .collect()
 }
@@ -120,12 +124,10 @@ impl RuntimeState {
                 }
                 _ => Arc::new(ResolvedAddrs::new(&p.base_url, resolve_now(&p.base_url))),
             };
-            let auth = AuthStyle::for_kind(p.kind);
             providers.push(ProviderRuntime {
-                auth,
                 host_value: HeaderValue::from_str(&p.base_url.host_header())
                     .unwrap_or_else(|_| HeaderValue::from_static("")),
-                auth_values: auth_values(p, auth),
+                credentials: credentials(p),
                 key_id_values: p
                     .keys
                     .iter()
@@ -154,36 +156,32 @@ impl RuntimeState {
         self.by_name.get(name).map(|&i| &self.providers[i])
     }
 
-    /// Apply the global model mapping, then pick the provider: the first enabled provider
-    /// that lists the model, else `routing.default_provider`, else the first enabled one.
-    /// Returns the provider's index and the model name after the global mapping.
-    pub fn route<'a>(&'a self, model: Option<&'a str>) -> Option<(usize, Option<&'a str>)> {
-        let routing = &self.config.routing;
-        let model = model.map(|m| {
-            routing
-                .model_mapping
-                .get(m)
-                .map(String::as_str)
-                .unwrap_or(m)
-        });
-        if let Some(m) = model {
+    /// The model after the global `routing.model_mapping`.
+    pub fn mapped_model<'a>(&'a self, model: Option<&'a str>) -> Option<&'a str> {
+        let mapping = &self.config.routing.model_mapping;
+        model.map(|m| mapping.get(m).map(String::as_str).unwrap_or(m))
+    }
+
+    /// The provider for a request's model (after the global mapping): the first enabled
+    /// provider that lists it, else `routing.default_provider`, else the first enabled one.
+    pub fn provider_for_model(&self, model: Option<&str>) -> Option<usize> {
+        if let Some(m) = self.mapped_model(model) {
             let listed = self
                 .providers
                 .iter()
                 .position(|p| p.config.enabled && !p.config.models.is_empty() && p.serves(m));
-            if let Some(i) = listed {
-                return Some((i, model));
+            if listed.is_some() {
+                return listed;
             }
         }
-        if let Some(default) = &routing.default_provider {
+        if let Some(default) = &self.config.routing.default_provider {
             if let Some(&i) = self.by_name.get(default) {
                 if self.providers[i].config.enabled {
-                    return Some((i, model));
+                    return Some(i);
                 }
             }
         }
-        let first = self.providers.iter().position(|p| p.config.enabled)?;
-        Some((first, model))
+        self.providers.iter().position(|p| p.config.enabled)
     }
 }
 

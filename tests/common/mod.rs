@@ -78,14 +78,26 @@ impl RelayProcess {
         Self::start_with_env(server_extra, body, &[("RUST_LOG", rust_log)])
     }
 
-    /// [`Self::start`] with extra environment variables for the relay.
+    /// [`Self::start`] with extra environment variables for the relay. The port comes from
+    /// [`free_port`], which another process may take before the relay binds it: the relay then
+    /// exits at once saying it cannot listen, and it is started again on another port.
     pub fn start_with_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> RelayProcess {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let port = free_port();
-        let yaml = format!("{}{body}", server_block(port, dir.path(), server_extra));
         let config_path = dir.path().join("cc-relay.yaml");
-        std::fs::write(&config_path, yaml).unwrap();
-        Self::spawn(dir, config_path, port, false, env)
+        for _ in 0..5 {
+            let port = free_port();
+            let yaml = format!("{}{body}", server_block(port, dir.path(), server_extra));
+            std::fs::write(&config_path, yaml).unwrap();
+            let mut relay = Self::spawn(dir.clone(), config_path.clone(), port, false, env);
+            if relay.wait_listening(Duration::from_secs(20)) {
+                return relay;
+            }
+            let exited = relay.child.try_wait().unwrap().is_some();
+            if !(exited && relay.logs().contains("cannot listen on")) {
+                panic!("relay did not start listening; logs:\n{}", relay.logs());
+            }
+        }
+        panic!("no free port for the relay after 5 tries");
     }
 
     /// Start another process on the same config (and so the same port, pid file and upgrade
@@ -128,28 +140,30 @@ impl RelayProcess {
                 l.push('\n');
             }
         });
-        let relay = RelayProcess {
+        RelayProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             config_path,
             logs,
-        };
-        if !upgrade {
-            relay.wait_healthy(Duration::from_secs(20));
         }
-        relay
     }
 
-    pub fn wait_healthy(&self, within: Duration) {
+    /// Wait until the relay accepts connections; `false` if it exited or did not in time.
+    fn wait_listening(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(self.addr).is_ok() {
-                return;
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                // Let the log reader take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("relay did not start listening; logs:\n{}", self.logs());
+        false
     }
 
     pub fn url(&self, path: &str) -> String {

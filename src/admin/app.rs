@@ -1,0 +1,74 @@
+//! The admin endpoints as a Pingora `ServeHttp` app, for `server.admin_listen`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+
+use crate::proxy::{authenticate, ApiError, SharedState};
+
+/// Serves `/health` (open) and `/status` (behind `server.auth`, as on the client listener).
+pub struct AdminApp {
+    shared: SharedState,
+}
+
+impl AdminApp {
+    pub fn new(shared: SharedState) -> AdminApp {
+        AdminApp { shared }
+    }
+
+    fn answer(&self, session: &ServerSession) -> Result<Bytes, ApiError> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        let state = self.shared.current.load();
+        let readable = req.method == Method::GET || req.method == Method::HEAD;
+        match path {
+            "/health" | "/status" if !readable => Err(ApiError::MethodNotAllowed {
+                method: req.method.to_string(),
+                path: path.to_owned(),
+            }),
+            "/health" => Ok(super::health_body(&state)),
+            "/status" => {
+                authenticate(&state.config.server.auth, req)?;
+                Ok(super::status_body(&state, &self.shared))
+            }
+            _ => Err(ApiError::NotFound {
+                method: req.method.to_string(),
+                path: path.to_owned(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, body) = match self.answer(session) {
+            Ok(body) => (200, body),
+            Err(err) => (err.status(), err.body()),
+        };
+        let head_only = session.req_header().method == Method::HEAD;
+        let mut response = Response::builder()
+            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len());
+        if status == 405 {
+            response = response.header(http::header::ALLOW, "GET, HEAD");
+        }
+        let body = if head_only { Vec::new() } else { body.to_vec() };
+        response.body(body).expect("a valid response")
+    }
+}
+
+/// The admin listener as a Pingora service.
+pub fn admin_service(shared: SharedState, listen: std::net::SocketAddr) -> Service<AdminApp> {
+    let mut service = Service::new("cc-relay admin".to_owned(), AdminApp::new(shared));
+    service.add_tcp(&listen.to_string());
+    service
+}

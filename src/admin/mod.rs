@@ -1,0 +1,76 @@
+//! The admin side: the operational endpoints (`/health`, `/status`; next `/metrics` and the
+//! status page), rendered from the runtime state without touching the request path's locks.
+//! They are served on the client listener (routed by the proxy's intake, behind the relay's
+//! credential except `/health`) and, with `server.admin_listen`, on a listener of their own
+//! ([`AdminApp`], a Pingora `ServeHttp` service) with the same authentication.
+
+mod app;
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+pub use app::{admin_service, AdminApp};
+
+use crate::proxy::{RuntimeState, Shared};
+
+/// `GET /health` (no auth): liveness and the config generation, nothing else. Why a reload
+/// failed (which may quote the file) is in `/status`, behind the relay's credential.
+pub fn health_body(state: &RuntimeState) -> Bytes {
+    Bytes::from(format!(
+        "{{\"status\":\"ok\",\"config_generation\":{}}}",
+        state.generation
+    ))
+}
+
+/// `GET /status`: every provider's keys by id with their live budgets, and how the last
+/// reload went. Never a secret.
+pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
+    let providers: Vec<_> = state
+        .providers
+        .iter()
+        .map(|p| {
+            let keys: Vec<_> = p
+                .pool
+                .iter()
+                .flat_map(|pool| pool.keys())
+                .map(|k| {
+                    let s = k.snapshot();
+                    serde_json::json!({
+                        "id": s.id,
+                        "priority": s.priority,
+                        "weight": s.weight,
+                        "disabled": s.disabled,
+                        "forbidden_strikes": s.forbidden_strikes,
+                        "cooling_down_ms": s.cooling_for.map(|d| d.as_millis() as u64),
+                        "in_flight": s.in_flight,
+                        "requests": {"limit": s.requests.limit, "remaining": s.requests.remaining},
+                        "input_tokens": {"limit": s.input_tokens.limit, "remaining": s.input_tokens.remaining},
+                        "output_tokens": {"limit": s.output_tokens.limit, "remaining": s.output_tokens.remaining},
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": p.config.name,
+                "type": p.config.kind.name(),
+                "enabled": p.config.enabled,
+                "base_url": p.config.base_url.to_string(),
+                "passthrough": p.pool.is_none(),
+                "strategy": p.pool.as_ref().map(|pool| pool.strategy().as_str()),
+                "keys_available": p.pool.as_ref().map(|pool| pool.available()),
+                "keys": keys,
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::json!({
+            "config_generation": state.generation,
+            "reload": {
+                "attempts": shared.reload_attempts.load(Ordering::Relaxed),
+                "last_error": shared.last_reload_error.load().as_deref(),
+            },
+            "providers": providers,
+        })
+        .to_string(),
+    )
+}

@@ -1,0 +1,115 @@
+//! One try at an upstream: a provider, a key of its pool (or the client's own credentials), and
+//! the request as that provider's kind prepares it. A request makes attempts until one is
+//! answered or `routing.max_attempts` is reached; retries, and routing across providers, speak
+//! in attempts.
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+
+use crate::pool::{Demand, Reservation};
+use crate::providers::UpstreamRequest;
+
+use super::auth::RelayCredential;
+use super::errors::ApiError;
+use super::state::ProviderRuntime;
+
+/// Headers that describe one hop, not the message: never forwarded upstream.
+/// `accept-encoding` is dropped too so responses come back uncompressed and the relay can read
+/// token usage from them.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "accept-encoding",
+    "expect",
+];
+
+pub struct Attempt {
+    /// 1 for the first attempt of a request.
+    pub number: u32,
+    /// Index into the runtime state's providers.
+    pub provider: usize,
+    /// The key's hold on its budget; `None` for passthrough (no pool).
+    pub reservation: Option<Reservation>,
+    /// What this attempt sends: the client's body with this provider's model mapping (and,
+    /// for kinds that translate, their own shape).
+    pub body: Bytes,
+}
+
+impl Attempt {
+    pub fn new(number: u32, provider: usize, body: Bytes) -> Attempt {
+        Attempt {
+            number,
+            provider,
+            reservation: None,
+            body,
+        }
+    }
+
+    /// The pool key this attempt uses, as its index in the provider's pool.
+    pub fn key_index(&self) -> Option<usize> {
+        self.reservation.as_ref().map(Reservation::index)
+    }
+
+    /// Select and reserve a key of `provider`'s pool, skipping `tried`. Passthrough providers
+    /// have none to reserve.
+    pub fn reserve_key(
+        &mut self,
+        provider: &ProviderRuntime,
+        demand: &Demand,
+        tried: &[usize],
+    ) -> Result<(), ApiError> {
+        let Some(pool) = &provider.pool else {
+            return Ok(());
+        };
+        let reservation = pool
+            .acquire(demand, tried)
+            .map_err(|exhausted| ApiError::pool_refused(provider.name(), exhausted))?;
+        self.reservation = Some(reservation);
+        Ok(())
+    }
+
+    /// Turn the client's request header into this attempt's upstream request: hop-by-hop
+    /// headers and client credentials off, then the provider's kind prepares the rest (target,
+    /// `Host`, the key, the body).
+    pub fn prepare(
+        &mut self,
+        provider: &ProviderRuntime,
+        client: RelayCredential,
+        origin: &str,
+        upstream: &mut RequestHeader,
+    ) -> pingora::Result<()> {
+        // Scan the names present (one or two match at most, e.g. `connection`) instead of ten
+        // remove_header(&str) calls, each of which parses and hashes a name; no list is built.
+        while let Some(name) = upstream
+            .headers
+            .keys()
+            .find(|k| HOP_BY_HOP.contains(&k.as_str()))
+            .cloned()
+        {
+            upstream.remove_header(&name);
+        }
+        let credential = self.key_index().map(|i| provider.credential(i));
+        if credential.is_some() {
+            // The relay supplies the key: no client credential reaches the upstream.
+            upstream.remove_header("x-api-key");
+            upstream.remove_header("authorization");
+        } else if let Some(header) = client.header() {
+            // Passthrough: the client's upstream credential goes on, the relay's own does not.
+            upstream.remove_header(header);
+        }
+        provider.config.kind.prepare(&mut UpstreamRequest {
+            header: upstream,
+            origin,
+            base_url: &provider.config.base_url,
+            host: &provider.host_value,
+            credential,
+            body: &mut self.body,
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! Feeding what a response says back into the key that served the attempt: its rate-limit
+//! headers (read by the provider's kind) and what its status means for the key.
+
+use std::time::SystemTime;
+
+use pingora::http::ResponseHeader;
+
+use super::ctx::RequestCtx;
+use crate::providers::Verdict;
+
+/// Learn the response's `anthropic-ratelimit-*` headers into the key that served this attempt
+/// and apply the verdict to it (cool down on 429 or 403, disable on 401).
+pub fn apply(ctx: &RequestCtx, resp: &ResponseHeader, verdict: Verdict) {
+    let Some(attempt) = &ctx.attempt else {
+        return;
+    };
+    let Some(key) = attempt.reservation.as_ref().map(|r| r.key()) else {
+        return;
+    };
+    let Some(provider) = ctx.state.as_ref().map(|s| &s.providers[attempt.provider]) else {
+        return;
+    };
+    let kind = provider.config.kind;
+    let now = SystemTime::now();
+    let limits = kind.rate_limits(resp, now);
+    if !limits.is_empty() {
+        key.learn(&limits);
+    }
+    match verdict {
+        Verdict::RateLimited => {
+            let retry_after = kind.retry_after(resp, now);
+            log::info!(
+                "{}: key {} throttled by the upstream; cooling down for {}",
+                ctx.request_id,
+                key.id(),
+                retry_after.map_or_else(|| "a backoff".to_owned(), |d| format!("{d:?}"))
+            );
+            key.cool_down(retry_after);
+        }
+        Verdict::KeyRejected => {
+            log::warn!(
+                "{}: key {} was refused by the upstream (401); disabled until the next reload",
+                ctx.request_id,
+                key.id(),
+            );
+            key.disable();
+        }
+        Verdict::Forbidden => {
+            key.forbid();
+            log::info!(
+                "{}: the upstream answered 403 on key {} ({} in a row); benched for a while",
+                ctx.request_id,
+                key.id(),
+                key.forbidden_strikes()
+            );
+        }
+        _ => {}
+    }
+}
