@@ -579,3 +579,34 @@ async fn expect_100_continue_is_answered_before_the_body() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert_eq!(mock.requests()[0].header("expect"), None);
 }
+
+#[tokio::test]
+async fn guessing_the_relay_key_is_throttled_per_address() {
+    let mock = start_mock().await;
+    let auth = "  auth:\n    api_key: relay-secret\n";
+    let relay = RelayProcess::start(auth, &single_key(&mock, ""));
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let wrong = format!("guess-{i}");
+        let resp = post_messages(&relay, &message_body("m", false), &[("x-api-key", &wrong)]).await;
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert_eq!(resp.headers()["retry-after"], "2");
+            assert_eq!(error_type(&resp.json().await.unwrap()), "rate_limit_error");
+        }
+    }
+    assert_eq!(statuses[0], 401);
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // While throttled, even the right key is refused unchecked: a guess cannot tell.
+    let right = [("x-api-key", "relay-secret")];
+    let refused = post_messages(&relay, &message_body("m", false), &right).await;
+    assert_eq!(refused.status(), 429);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let served = post_messages(&relay, &message_body("m", false), &right).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "a refused request reached the upstream"
+    );
+}

@@ -7,7 +7,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 
-use crate::proxy::{authenticate, ApiError, SharedState};
+use crate::proxy::{authenticate_client, client_ip, ApiError, SharedState};
 
 /// Serves `/health` (open) and `/status` (behind `server.auth`, as on the client listener).
 pub struct AdminApp {
@@ -35,7 +35,9 @@ impl AdminApp {
             }),
             "/health" => Ok(super::health_body(&state)),
             "/status" => {
-                authenticate(&state.config.server.auth, req)?;
+                let ip = client_ip(session.client_addr());
+                let auth = &state.config.server.auth;
+                authenticate_client(&self.shared.auth_throttle, auth, req, ip)?;
                 Ok(super::status_body(&state, &self.shared))
             }
             _ => Err(ApiError::NotFound {

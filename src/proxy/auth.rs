@@ -1,6 +1,10 @@
 //! The relay's own client authentication (`server.auth`).
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use pingora::http::RequestHeader;
+use pingora_limits::rate::Rate;
 use subtle::ConstantTimeEq;
 
 use super::errors::ApiError;
@@ -56,6 +60,69 @@ pub fn authenticate(auth: &AuthConfig, req: &RequestHeader) -> Result<RelayCrede
     Err(ApiError::Unauthorized)
 }
 
+/// Failed authentications an address may make per second before its requests are refused
+/// unchecked for a while: guessing the relay key stays slow (10 guesses a second), while a
+/// client with a mistyped key barely notices.
+const MAX_FAILURES_PER_SECOND: isize = 10;
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Failed authentications per client address, in one-second windows (pingora-limits' `Rate`: a
+/// count-min sketch in atomics, so fixed memory however many addresses try, and no lock).
+pub struct AuthThrottle {
+    failures: Rate,
+}
+
+impl AuthThrottle {
+    pub fn new() -> AuthThrottle {
+        AuthThrottle {
+            failures: Rate::new(WINDOW),
+        }
+    }
+
+    /// Whether `ip` may try to authenticate now: not when it failed too often in this window or
+    /// the last one. Checked before the credential, so a right guess is refused like a wrong one.
+    pub fn admits(&self, ip: &IpAddr) -> bool {
+        let current = self.failures.observe(ip, 0);
+        let previous = self.failures.rate(ip) * WINDOW.as_secs_f64();
+        current < MAX_FAILURES_PER_SECOND && previous < MAX_FAILURES_PER_SECOND as f64
+    }
+
+    pub fn failed(&self, ip: &IpAddr) {
+        self.failures.observe(ip, 1);
+    }
+}
+
+/// [`authenticate`], for a client at `ip`, through `throttle`.
+pub fn authenticate_client(
+    throttle: &AuthThrottle,
+    auth: &AuthConfig,
+    req: &RequestHeader,
+    ip: Option<IpAddr>,
+) -> Result<RelayCredential, ApiError> {
+    if !auth.is_enabled() {
+        return Ok(RelayCredential::NotRequired);
+    }
+    if ip.is_some_and(|ip| !throttle.admits(&ip)) {
+        return Err(ApiError::AuthThrottled);
+    }
+    let outcome = authenticate(auth, req);
+    if let (Err(_), Some(ip)) = (&outcome, ip) {
+        throttle.failed(&ip);
+    }
+    outcome
+}
+
+/// The client's IP address, when the connection has one (not a Unix socket).
+pub fn client_ip(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> Option<IpAddr> {
+    addr.and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+impl Default for AuthThrottle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +142,19 @@ mod tests {
             allow_bearer,
             bearer_secret: bearer.map(Secret::new),
         }
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_is_throttled_and_others_are_not() {
+        let throttle = AuthThrottle::new();
+        let attacker: IpAddr = "10.0.0.1".parse().unwrap();
+        let neighbour: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..MAX_FAILURES_PER_SECOND {
+            assert!(throttle.admits(&attacker));
+            throttle.failed(&attacker);
+        }
+        assert!(!throttle.admits(&attacker));
+        assert!(throttle.admits(&neighbour));
     }
 
     #[test]

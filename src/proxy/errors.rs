@@ -56,6 +56,8 @@ pub fn is_relay_retry(e: &Error) -> bool {
 pub enum ApiError {
     #[error("invalid or missing credentials for this relay")]
     Unauthorized,
+    #[error("too many failed authentications from this address; retry after 2 s")]
+    AuthThrottled,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("{0}")]
@@ -117,7 +119,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::PoolExhausted { .. } => 429,
+            ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
             ApiError::Overloaded { .. } | ApiError::PoolDisabled { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -135,7 +137,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
-            ApiError::PoolExhausted { .. } => "rate_limit_error",
+            ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => "rate_limit_error",
             ApiError::Overloaded { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
             | ApiError::PoolDisabled { .. }
@@ -149,6 +151,8 @@ impl ApiError {
             ApiError::PoolExhausted {
                 retry_after_secs, ..
             } => Some(Duration::from_secs(*retry_after_secs)),
+            // The current window and the next: by then the last one no longer counts.
+            ApiError::AuthThrottled => Some(Duration::from_secs(2)),
             _ => None,
         }
     }

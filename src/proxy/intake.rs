@@ -66,12 +66,20 @@ pub fn endpoint(session: &Session, ctx: &mut RequestCtx) -> Step {
     }
 }
 
-/// The relay's own credential (`server.auth`), where the endpoint needs it.
-pub fn authenticate(session: &Session, ctx: &mut RequestCtx, state: &RuntimeState) -> Step {
+/// The relay's own credential (`server.auth`), where the endpoint needs it. An address that
+/// keeps failing is refused for a while before its credential is even looked at.
+pub fn authenticate(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    state: &RuntimeState,
+    shared: &Shared,
+) -> Step {
     if !ctx.endpoint.needs_auth() {
         return Step::Continue;
     }
-    match auth::authenticate(&state.config.server.auth, session.req_header()) {
+    let ip = auth::client_ip(session.client_addr());
+    let auth = &state.config.server.auth;
+    match auth::authenticate_client(&shared.auth_throttle, auth, session.req_header(), ip) {
         Ok(credential) => {
             ctx.credential = credential;
             Step::Continue

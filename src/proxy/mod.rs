@@ -44,7 +44,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-pub use auth::authenticate;
+pub use auth::{authenticate_client, client_ip};
 pub use ctx::RequestCtx;
 pub use errors::ApiError;
 pub use local::Endpoint;
@@ -79,7 +79,7 @@ impl Relay {
             };
         }
         step!(intake::endpoint(session, ctx));
-        step!(intake::authenticate(session, ctx, &state));
+        step!(intake::authenticate(session, ctx, &state, &self.shared));
         step!(intake::local_endpoints(ctx, &state, &self.shared));
         step!(intake::admission(ctx, &state, &self.shared));
         step!(intake::read_and_parse_body(session, ctx, &state).await?);

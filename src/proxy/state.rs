@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue};
 
+use super::auth::AuthThrottle;
 use crate::config::{self, Config, ProviderConfig};
 use crate::pool::{KeyPool, KeySpec};
 use crate::providers::{resolve_now, ResolvedAddrs};
@@ -199,6 +200,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Proxied requests in flight (`server.max_concurrent` counts these; a drain waits for 0).
     pub in_flight: Arc<AtomicUsize>,
+    /// Failed authentications per client address; kept across reloads.
+    pub auth_throttle: AuthThrottle,
 }
 
 pub type SharedState = Arc<Shared>;
@@ -210,5 +213,6 @@ pub fn shared(state: RuntimeState) -> SharedState {
         reload_attempts: AtomicU64::new(0),
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        auth_throttle: AuthThrottle::new(),
     })
 }
