@@ -11,7 +11,8 @@
 //! the run ends by printing the ratios from criterion's own estimates.
 //!
 //! `cargo bench --bench relay` (~1 min; add `-- --measurement-time 2 --warm-up-time 1` for a
-//! quick look, or a filter such as `-- sse`).
+//! quick look, or a filter such as `-- sse`). `RELAY_BIN=path` measures another build of the
+//! relay against the same direct floor (A/B two commits).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -74,7 +75,10 @@ impl RelayProcess {
             .unwrap()
             .write_all(yaml.as_bytes())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cc-relay"))
+        // RELAY_BIN: another build of the relay to measure (A/B two commits, as `make load`).
+        let bin = std::env::var_os("RELAY_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cc-relay")), PathBuf::from);
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config)
