@@ -76,8 +76,10 @@ impl RelayProcess {
             .write_all(yaml.as_bytes())
             .unwrap();
         // RELAY_BIN: another build of the relay to measure (A/B two commits, as `make load`).
-        let bin = std::env::var_os("RELAY_BIN")
-            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cc-relay")), PathBuf::from);
+        let bin = std::env::var_os("RELAY_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_cc-relay")),
+            PathBuf::from,
+        );
         let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
