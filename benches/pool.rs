@@ -44,6 +44,7 @@ fn pool(keys: usize, strategy: Strategy) -> KeyPool {
             priority: if i % 4 == 3 { 1 } else { 2 },
             weight: 1.0 + (i % 3) as f64,
             max_cooldown: cc_relay::pool::DEFAULT_MAX_COOLDOWN,
+            max_concurrent: 0,
         })
         .collect();
     KeyPool::new(specs, strategy)

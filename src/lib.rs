@@ -12,4 +12,5 @@ pub mod lifecycle;
 pub mod pool;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod usage;

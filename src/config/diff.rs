@@ -262,7 +262,7 @@ fn keys(old: &[KeyConfig], new: &[KeyConfig], items: &mut Vec<String>) {
 fn routing(old: &Config, new: &Config, s: &mut ChangeSummary) {
     let (o, n) = (&old.routing, &new.routing);
     if o.strategy != n.strategy {
-        s.change("routing.strategy", &o.strategy, &n.strategy);
+        s.change("routing.strategy", o.strategy.as_str(), n.strategy.as_str());
     }
     if o.model_mapping != n.model_mapping {
         s.parts.push("routing.model_mapping changed".to_string());

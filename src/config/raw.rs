@@ -31,6 +31,7 @@ pub(crate) struct RawConfig {
     pub server: RawServer,
     pub providers: Vec<RawProvider>,
     pub routing: RawRouting,
+    pub health: RawHealth,
     pub logging: RawLogging,
 }
 
@@ -70,6 +71,8 @@ pub(crate) struct RawProvider {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub enabled: Option<bool>,
+    pub priority: Option<i64>,
+    pub weight: Option<f64>,
     pub base_url: Option<String>,
     pub models: Vec<String>,
     pub model_mapping: HashMap<String, String>,
@@ -101,6 +104,7 @@ pub(crate) struct RawKey {
     pub tpm_limit: Option<i64>,
     pub priority: Option<i64>,
     pub weight: Option<f64>,
+    pub max_concurrent: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -110,6 +114,32 @@ pub(crate) struct RawRouting {
     pub model_mapping: HashMap<String, String>,
     pub default_provider: Option<String>,
     pub max_attempts: Option<i64>,
+    pub failover_timeout: Option<i64>,
+    pub sticky_sessions: Option<bool>,
+    pub sticky_max_sessions: Option<i64>,
+    pub sticky_ttl_ms: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawHealth {
+    pub circuit_breaker: RawCircuitBreaker,
+    pub health_check: RawHealthCheck,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawCircuitBreaker {
+    pub failure_threshold: Option<i64>,
+    pub open_duration_ms: Option<i64>,
+    pub half_open_probes: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawHealthCheck {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -152,7 +182,7 @@ pub(crate) static TOP: Node = Map(&[
     ("routing", ROUTING),
     ("logging", LOGGING),
     // Go sections for subsystems this relay does not have (or does differently).
-    ("health", GoIgnored),
+    ("health", HEALTH),
     ("cache", GoIgnored),
     ("grpc", GoIgnored),
     ("metrics", GoIgnored),
@@ -206,6 +236,8 @@ static PROVIDER: Node = Map(&[
     ("name", Str),
     ("type", Str),
     ("enabled", Bool),
+    ("priority", Int),
+    ("weight", Float),
     ("base_url", Str),
     ("models", StrList),
     ("model_mapping", StrMap),
@@ -241,6 +273,7 @@ static KEY: Node = Map(&[
     ("tpm_limit", Int),
     ("priority", Int),
     ("weight", Float),
+    ("max_concurrent", Int),
 ]);
 
 const ROUTING: Node = Map(&[
@@ -248,12 +281,32 @@ const ROUTING: Node = Map(&[
     ("model_mapping", StrMap),
     ("default_provider", Str),
     ("max_attempts", Int),
-    ("failover_timeout", GoIgnored),
+    ("failover_timeout", Int),
+    ("sticky_sessions", Bool),
+    ("sticky_max_sessions", Int),
+    ("sticky_ttl_ms", Int),
     ("debug", GoIgnored),
     // Older Go documentation.
     ("failover", GoIgnored),
     ("cost_based", GoIgnored),
 ]);
+
+const HEALTH: Node = Map(&[
+    ("circuit_breaker", CIRCUIT_BREAKER),
+    ("health_check", HEALTH_CHECK),
+    // Older Go documentation (`config init` template): the Go loader ignored them too.
+    ("check_interval_seconds", GoIgnored),
+]);
+
+const CIRCUIT_BREAKER: Node = Map(&[
+    ("failure_threshold", Int),
+    ("open_duration_ms", Int),
+    ("half_open_probes", Int),
+    ("recovery_timeout_seconds", GoIgnored),
+    ("triggers", GoIgnored),
+]);
+
+const HEALTH_CHECK: Node = Map(&[("enabled", Bool), ("interval_ms", Int)]);
 
 const LOGGING: Node = Map(&[
     ("level", Str),

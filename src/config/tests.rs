@@ -103,7 +103,7 @@ fn defaults() {
     assert_eq!(p.pooling.enabled, None);
     assert_eq!(p.pooling.max_wait, Duration::ZERO);
 
-    assert_eq!(c.routing.strategy, "failover");
+    assert_eq!(c.routing.strategy, RoutingStrategy::Failover);
     assert_eq!(c.routing.max_attempts, 2);
     assert_eq!(c.routing.default_provider, None);
     assert_eq!(
@@ -560,24 +560,33 @@ fn base_url_parsing() {
 fn routing_rules() {
     let (c, w) = load_env(
         "providers:\n  - name: a\n    type: anthropic\nrouting:\n  strategy: round_robin\n  \
-         default_provider: a\n  max_attempts: 10\n  model_mapping:\n    old: new\n",
+         default_provider: a\n  max_attempts: 10\n  failover_timeout: 4000\n  model_mapping:\n    old: new\n",
         &[],
     )
     .unwrap();
-    assert_eq!(c.routing.strategy, "round_robin");
+    assert_eq!(c.routing.strategy, RoutingStrategy::RoundRobin);
     assert_eq!(c.routing.default_provider.as_deref(), Some("a"));
     assert_eq!(c.routing.max_attempts, 10);
+    assert_eq!(c.routing.failover_timeout, Duration::from_millis(4000));
     assert_eq!(c.routing.model_mapping["old"], "new");
+    assert!(c.routing.sticky_sessions);
+    assert!(w.is_empty(), "{w:?}");
+    for (name, strategy) in RoutingStrategy::ALL {
+        let c = load(&format!("{ONE}routing:\n  strategy: {name}\n"));
+        assert_eq!(c.routing.strategy, strategy);
+    }
+    // Older Go names load, with a word on what they are here.
+    let w = warnings(&format!("{ONE}routing:\n  strategy: simple-shuffle\n"));
     assert_eq!(
         w,
-        vec![
-            "routing.strategy: round_robin is accepted for compatibility with the Go cc-relay \
-              but behaves as failover here (the first enabled provider serving the model is used)"
-        ]
+        ["routing.strategy: simple-shuffle is an older Go cc-relay name; it is shuffle here"]
     );
 
-    assert!(one_error(&format!("{ONE}routing:\n  strategy: fastest\n"))
-        .starts_with("routing.strategy: unknown strategy \"fastest\" (failover is implemented"));
+    assert!(
+        one_error(&format!("{ONE}routing:\n  strategy: fastest\n")).starts_with(
+            "routing.strategy: unknown strategy \"fastest\" (one of: failover, round_robin"
+        )
+    );
     assert_eq!(
         one_error(&format!("{ONE}routing:\n  default_provider: zai\n")),
         "routing.default_provider: no provider named \"zai\" (providers: anthropic)"
@@ -588,16 +597,73 @@ fn routing_rules() {
             format!("routing.max_attempts: must be between 1 and 10, got {n}")
         );
     }
+    assert_eq!(
+        one_error(&format!("{ONE}routing:\n  failover_timeout: -1\n")),
+        "routing.failover_timeout: must be >= 0 (ms), got -1"
+    );
 }
 
 #[test]
-fn go_model_based_mapping_warns() {
-    let w = warnings(&format!(
+fn model_based_maps_prefixes_to_providers_that_exist() {
+    let c = load(&format!(
         "{ONE}routing:\n  strategy: model_based\n  model_mapping:\n    claude-opus: anthropic\n"
+    ));
+    assert_eq!(c.routing.model_mapping["claude-opus"], "anthropic");
+    assert_eq!(
+        one_error(&format!(
+            "{ONE}routing:\n  strategy: model_based\n  model_mapping:\n    glm: zai\n"
+        )),
+        "routing.model_mapping[\"glm\"]: no provider named \"zai\" (providers: anthropic)"
+    );
+    // With another strategy, provider-valued entries are a likely mix-up: say so.
+    let w = warnings(&format!(
+        "{ONE}routing:\n  model_mapping:\n    claude-opus: anthropic\n"
     ));
     assert!(w
         .iter()
-        .any(|w| w.starts_with("routing.model_mapping: rewrites model names")));
+        .any(|w| w.starts_with("routing.model_mapping: maps model-name prefixes")));
+}
+
+#[test]
+fn provider_priority_weight_and_key_concurrency() {
+    let c = load(
+        "providers:\n  - name: a\n    type: anthropic\n    keys:\n      - key: k1\n        priority: 2\n        weight: 3\n        max_concurrent: 1\n  - name: b\n    type: anthropic\n    priority: 0\n    weight: 0\n",
+    );
+    let (a, b) = (&c.providers[0], &c.providers[1]);
+    assert_eq!(
+        (a.priority, a.weight),
+        (2, 3.0),
+        "from the first key, as in Go"
+    );
+    assert_eq!(a.keys[0].max_concurrent, 1);
+    assert_eq!((b.priority, b.weight), (0, 1.0), "weight 0 counts as 1");
+    assert_eq!(
+        one_error("providers:\n  - name: a\n    type: anthropic\n    priority: 3\n"),
+        "providers[0].priority: must be 0, 1 or 2, got 3"
+    );
+    assert_eq!(
+        one_error("providers:\n  - name: a\n    type: anthropic\n    weight: -1\n"),
+        "providers[0].weight: must be a finite number >= 0, got -1"
+    );
+}
+
+#[test]
+fn health_section_is_read() {
+    let c = load(&format!(
+        "{ONE}health:\n  health_check:\n    enabled: false\n    interval_ms: 500\n  circuit_breaker:\n    failure_threshold: 2\n    open_duration_ms: 1000\n    half_open_probes: 1\n"
+    ));
+    let h = &c.health;
+    assert_eq!((h.failure_threshold, h.half_open_probes), (2, 1));
+    assert_eq!(h.open_duration, Duration::from_secs(1));
+    assert!(!h.health_check);
+    assert_eq!(h.health_check_interval, Duration::from_millis(500));
+    assert_eq!(load(ONE).health, HealthConfig::default());
+    assert_eq!(
+        one_error(&format!(
+            "{ONE}health:\n  circuit_breaker:\n    failure_threshold: -2\n"
+        )),
+        "health.circuit_breaker.failure_threshold: must be > 0, got -2"
+    );
 }
 
 #[test]
@@ -674,7 +740,7 @@ fn unknown_key_is_an_error_with_its_path() {
     let e = one_error(&format!("{ONE}colour: blue\n"));
     assert!(
         e.starts_with(
-            "colour: unknown field (expected one of: server, providers, routing, logging)"
+            "colour: unknown field (expected one of: server, providers, routing, logging, health)"
         ),
         "{e}"
     );
@@ -711,14 +777,13 @@ fn go_keys_are_accepted_with_a_warning() {
     let paths: Vec<&str> = w.iter().map(|w| w.split(':').next().unwrap()).collect();
     assert_eq!(
         paths,
+        // health.* and routing.failover_timeout are implemented: no warning for them.
         [
-            "health",
             "cache",
             "grpc",
             "metrics",
             "logging.pretty",
             "logging.debug_options",
-            "routing.failover_timeout",
             "routing.debug"
         ]
     );

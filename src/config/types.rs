@@ -19,6 +19,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
+    pub health: HealthConfig,
     pub logging: LoggingConfig,
 }
 
@@ -111,6 +112,10 @@ pub struct ProviderConfig {
     pub name: String,
     pub kind: Kind,
     pub enabled: bool,
+    /// `providers[].priority` (0–2, 2 first; default: its first key's priority, else 1).
+    pub priority: u8,
+    /// `providers[].weight` (> 0; default: its first key's weight, else 1; 0 counts as 1).
+    pub weight: f64,
     pub base_url: BaseUrl,
     /// Models this provider serves (routing and `GET /v1/models`). Empty = any model.
     pub models: Vec<String>,
@@ -150,19 +155,104 @@ pub struct KeyConfig {
     pub priority: u8,
     /// >= 0, used by the `weighted` strategy. Default 1.
     pub weight: f64,
+    /// `keys[].max_concurrent` (0 = no cap): requests in flight on this key at most.
+    pub max_concurrent: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct RoutingConfig {
-    /// `routing.strategy`, kept for Go compatibility (`failover` only is implemented: the first
-    /// enabled provider that serves the model wins).
-    pub strategy: String,
-    /// Global exact-match model rewrites applied before choosing a provider.
+    /// `routing.strategy` (default `failover`): the order in which a request's candidate
+    /// providers are tried.
+    pub strategy: RoutingStrategy,
+    /// `model_based`: model-name prefix → provider name (longest prefix wins). Any other
+    /// strategy: exact model rewrites applied before choosing a provider.
     pub model_mapping: HashMap<String, String>,
-    /// `routing.default_provider`: used when no provider lists the requested model.
+    /// `routing.default_provider`: used when no provider lists the requested model (and, for
+    /// `model_based`, when no prefix matches).
     pub default_provider: Option<String>,
-    /// `routing.max_attempts` (default 2): attempts per request across keys, first included.
+    /// `routing.max_attempts` (default 2): attempts per request across keys and providers.
     pub max_attempts: u32,
+    /// `routing.failover_timeout` (ms, default 30000): no new attempt starts once this long
+    /// has passed since the request arrived.
+    pub failover_timeout: Duration,
+    /// `routing.sticky_sessions` (default on): a session's requests stay on one provider and
+    /// key while that key can take them.
+    pub sticky_sessions: bool,
+    /// `routing.sticky_max_sessions` (default 16384): slots of the session table (fixed memory).
+    pub sticky_max_sessions: usize,
+    /// `routing.sticky_ttl_ms` (default 1 h): a session idle this long is forgotten.
+    pub sticky_ttl: Duration,
+}
+
+/// `routing.strategy`, with the Go cc-relay's names and meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RoutingStrategy {
+    /// Highest provider priority first (config order between equals).
+    #[default]
+    Failover,
+    RoundRobin,
+    /// Smooth weighted round robin by `providers[].weight`.
+    WeightedRoundRobin,
+    /// Every provider once, in a random order, before any gets a second request.
+    Shuffle,
+    /// The provider whose pool can best take the request's demand, then fewest in flight.
+    LeastLoaded,
+    /// A weighted random order (`providers[].weight`).
+    WeightedFailover,
+    /// `routing.model_mapping` prefixes pick the provider, else `default_provider`.
+    ModelBased,
+}
+
+impl RoutingStrategy {
+    pub const ALL: [(&'static str, RoutingStrategy); 7] = [
+        ("failover", RoutingStrategy::Failover),
+        ("round_robin", RoutingStrategy::RoundRobin),
+        ("weighted_round_robin", RoutingStrategy::WeightedRoundRobin),
+        ("shuffle", RoutingStrategy::Shuffle),
+        ("least_loaded", RoutingStrategy::LeastLoaded),
+        ("weighted_failover", RoutingStrategy::WeightedFailover),
+        ("model_based", RoutingStrategy::ModelBased),
+    ];
+
+    pub fn parse(s: &str) -> Option<RoutingStrategy> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|&(_, v)| v)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("failover", |(n, _)| n)
+    }
+}
+
+/// `health.*`: the per-provider circuit breaker and its background check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `health.circuit_breaker.failure_threshold` (default 5): consecutive failures that open
+    /// the circuit.
+    pub failure_threshold: u32,
+    /// `health.circuit_breaker.open_duration_ms` (default 30000).
+    pub open_duration: Duration,
+    /// `health.circuit_breaker.half_open_probes` (default 3): requests let through half-open;
+    /// that many successes close the circuit.
+    pub half_open_probes: u32,
+    /// `health.health_check.enabled` (default true): probe open circuits in the background.
+    pub health_check: bool,
+    /// `health.health_check.interval_ms` (default 10000).
+    pub health_check_interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            failure_threshold: 5,
+            open_duration: Duration::from_millis(30_000),
+            half_open_probes: 3,
+            health_check: true,
+            health_check_interval: Duration::from_millis(10_000),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

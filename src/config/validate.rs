@@ -14,8 +14,8 @@ use http::Uri;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAuth, RawConfig, RawKey, RawLogging, RawPooling, RawProvider, RawRouting, RawServer,
-    CLOUD_TYPES,
+    RawAuth, RawConfig, RawHealth, RawKey, RawLogging, RawPooling, RawProvider, RawRouting,
+    RawServer, CLOUD_TYPES,
 };
 use super::types::*;
 use crate::pool::Strategy;
@@ -35,24 +35,6 @@ const DEFAULT_UPGRADE_SOCK: &str = "/tmp/cc-relay_upgrade.sock";
 const DEFAULT_PRIORITY: i64 = 1;
 const DEFAULT_MAX_ATTEMPTS: i64 = 2;
 const MAX_MAX_ATTEMPTS: i64 = 10;
-
-/// Routing strategies the Go cc-relay accepted, across its versions. Only `failover` is
-/// implemented; the others are accepted (so a Go config loads) and behave as `failover`.
-const GO_ROUTING_STRATEGIES: [&str; 13] = [
-    "failover",
-    "round_robin",
-    "weighted_round_robin",
-    "shuffle",
-    "model_based",
-    "least_loaded",
-    "weighted_failover",
-    "simple-shuffle",
-    "round-robin",
-    "least-busy",
-    "cost-based",
-    "latency-based",
-    "model-based",
-];
 
 /// The stable, non-cryptographic fingerprint of a key (FNV-1a, 64 bit). Used for display ids
 /// and to recognise the same key across reloads; it is not a way to protect the key.
@@ -94,12 +76,14 @@ pub(crate) fn validate(
     let server = server(raw.server, &mut c);
     let providers = providers(raw.providers, &mut c);
     let routing = routing(raw.routing, &providers, &mut c);
+    let health = health(raw.health, &mut c);
     let logging = logging(raw.logging, &mut c);
     if c.errors.is_empty() {
         Ok(Config {
             server,
             providers,
             routing,
+            health,
             logging,
         })
     } else {
@@ -426,10 +410,37 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
         let pooling = pooling(p.pooling, &path, c);
         let keys = keys(p.keys, &path, c);
 
+        // Go took a provider's priority and weight from its first key; they can be set on the
+        // provider itself here, which wins.
+        let priority = match p.priority {
+            None => keys.first().map_or(DEFAULT_PRIORITY as u8, |k| k.priority),
+            Some(n @ 0..=2) => n as u8,
+            Some(n) => {
+                c.error(
+                    format!("{path}.priority"),
+                    format!("must be 0, 1 or 2, got {n}"),
+                );
+                DEFAULT_PRIORITY as u8
+            }
+        };
+        let weight = match p.weight {
+            None => keys.first().map_or(1.0, |k| k.weight),
+            Some(w) if w.is_finite() && w >= 0.0 => w,
+            Some(w) => {
+                c.error(
+                    format!("{path}.weight"),
+                    format!("must be a finite number >= 0, got {w}"),
+                );
+                1.0
+            }
+        };
         let provider = ProviderConfig {
             name,
             kind,
             enabled: p.enabled.unwrap_or(true),
+            priority,
+            // As in Go, a weight of 0 counts as 1 between providers.
+            weight: if weight > 0.0 { weight } else { 1.0 },
             base_url,
             models,
             model_mapping,
@@ -711,6 +722,18 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
             }
         };
 
+        let max_concurrent = match k.max_concurrent {
+            None => 0,
+            Some(n @ 0..=1_000_000) => n as u32,
+            Some(n) => {
+                c.error(
+                    format!("{path}.max_concurrent"),
+                    format!("must be from 0 (no cap) to 1000000, got {n}"),
+                );
+                0
+            }
+        };
+
         if let Some(secret) = secret {
             out.push(KeyConfig {
                 key: Secret::new(secret),
@@ -720,6 +743,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 otpm_limit: otpm,
                 priority,
                 weight,
+                max_concurrent,
             });
         }
     }
@@ -731,45 +755,69 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
 // ---------------------------------------------------------------------------------------------
 
 fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> RoutingConfig {
-    let strategy = match raw.strategy.as_deref().map(str::trim) {
-        None | Some("") => "failover".to_string(),
-        Some(s) => {
-            let s = s.to_ascii_lowercase();
-            if !GO_ROUTING_STRATEGIES.contains(&s.as_str()) {
-                c.error(
-                    "routing.strategy",
-                    format!(
-                        "unknown strategy {} (failover is implemented; also accepted from the Go \
-                         cc-relay, behaving as failover: {})",
-                        shown(&s),
-                        GO_ROUTING_STRATEGIES[1..].join(", ")
-                    ),
-                );
-            } else if s != "failover" {
-                c.warn(format!(
-                    "routing.strategy: {s} is accepted for compatibility with the Go cc-relay but \
-                     behaves as failover here (the first enabled provider serving the model is used)"
-                ));
-            }
-            s
-        }
+    let names = || {
+        providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let strategy = match raw
+        .strategy
+        .as_deref()
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
+        None => RoutingStrategy::Failover,
+        Some(s) if s.is_empty() => RoutingStrategy::Failover,
+        Some(s) => match RoutingStrategy::parse(&s) {
+            Some(strategy) => strategy,
+            None => match OLDER_GO_STRATEGIES.iter().find(|(old, _)| *old == s) {
+                Some(&(old, now)) => {
+                    c.warn(format!(
+                        "routing.strategy: {old} is an older Go cc-relay name; it is {} here",
+                        now.as_str()
+                    ));
+                    now
+                }
+                None => {
+                    let known: Vec<&str> = RoutingStrategy::ALL.iter().map(|(n, _)| *n).collect();
+                    c.error(
+                        "routing.strategy",
+                        format!(
+                            "unknown strategy {} (one of: {})",
+                            shown(&s),
+                            known.join(", ")
+                        ),
+                    );
+                    RoutingStrategy::Failover
+                }
+            },
+        },
     };
 
     let model_mapping = string_map(raw.model_mapping, "routing.model_mapping", c);
-    let provider_valued: Vec<&str> = model_mapping
+    if strategy == RoutingStrategy::ModelBased {
+        // As in Go: model-name prefix → provider name.
+        let mut prefixes: Vec<&String> = model_mapping.keys().collect();
+        prefixes.sort();
+        for prefix in prefixes {
+            let target = &model_mapping[prefix];
+            if !providers.iter().any(|p| &p.name == target) {
+                c.error(
+                    format!("routing.model_mapping[{prefix:?}]"),
+                    format!("no provider named {target:?} (providers: {})", names()),
+                );
+            }
+        }
+    } else if model_mapping
         .values()
-        .filter(|v| providers.iter().any(|p| &p.name == *v))
-        .map(String::as_str)
-        .collect();
-    if strategy.starts_with("model") || !provider_valued.is_empty() {
-        // In Go, routing.model_mapping mapped model-name *prefixes* to *provider names* (for
-        // strategy model_based). Here it rewrites model names. Same key, different meaning:
-        // say so rather than send requests for a model named "zai".
+        .any(|v| providers.iter().any(|p| &p.name == v))
+    {
+        // Same key, two meanings: say so rather than send requests for a model named "zai".
         c.warn(
-            "routing.model_mapping: rewrites model names exactly (old name: new name) in this \
-             relay; in the Go cc-relay (strategy model_based) it mapped model-name prefixes to \
-             provider names, which is not implemented: list models under each provider's \
-             `models` instead"
+            "routing.model_mapping: maps model-name prefixes to providers only with strategy \
+             model_based (as in the Go cc-relay); with this strategy it rewrites model names \
+             exactly (old name: new name), and some values here are provider names"
                 .to_string(),
         );
     }
@@ -780,14 +828,7 @@ fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> Routin
             match providers.iter().find(|p| p.name == d) {
                 None => c.error(
                     "routing.default_provider",
-                    format!(
-                        "no provider named {d:?} (providers: {})",
-                        providers
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    format!("no provider named {d:?} (providers: {})", names()),
                 ),
                 Some(p) if !p.enabled => c.warn(format!(
                     "routing.default_provider: provider {d:?} is disabled, so there is no default"
@@ -808,12 +849,104 @@ fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> Routin
             DEFAULT_MAX_ATTEMPTS as u32
         }
     };
+    let failover_timeout = match raw.failover_timeout {
+        // Go used its default for 0 as well.
+        None | Some(0) => DEFAULT_FAILOVER_TIMEOUT_MS,
+        Some(n) if n > 0 => n,
+        Some(n) => {
+            c.error(
+                "routing.failover_timeout",
+                format!("must be >= 0 (ms), got {n}"),
+            );
+            DEFAULT_FAILOVER_TIMEOUT_MS
+        }
+    };
+    let sticky_max_sessions = match raw.sticky_max_sessions {
+        None => 16_384,
+        Some(n @ 1..=16_777_216) => n,
+        Some(n) => {
+            c.error(
+                "routing.sticky_max_sessions",
+                format!("must be from 1 to 16777216, got {n}"),
+            );
+            16_384
+        }
+    };
+    let sticky_ttl_ms = match raw.sticky_ttl_ms {
+        None => 3_600_000,
+        Some(n) if n > 0 => n,
+        Some(n) => {
+            c.error("routing.sticky_ttl_ms", format!("must be > 0, got {n}"));
+            3_600_000
+        }
+    };
 
     RoutingConfig {
         strategy,
         model_mapping,
         default_provider,
         max_attempts,
+        failover_timeout: Duration::from_millis(failover_timeout as u64),
+        sticky_sessions: raw.sticky_sessions.unwrap_or(true),
+        sticky_max_sessions: sticky_max_sessions as usize,
+        sticky_ttl: Duration::from_millis(sticky_ttl_ms as u64),
+    }
+}
+
+/// Older strategy names from the Go cc-relay's documentation, and what they are here.
+const OLDER_GO_STRATEGIES: [(&str, RoutingStrategy); 6] = [
+    ("simple-shuffle", RoutingStrategy::Shuffle),
+    ("round-robin", RoutingStrategy::RoundRobin),
+    ("least-busy", RoutingStrategy::LeastLoaded),
+    ("model-based", RoutingStrategy::ModelBased),
+    ("cost-based", RoutingStrategy::Failover),
+    ("latency-based", RoutingStrategy::Failover),
+];
+
+const DEFAULT_FAILOVER_TIMEOUT_MS: i64 = 30_000;
+
+fn health(raw: RawHealth, c: &mut Ctx) -> HealthConfig {
+    let d = HealthConfig::default();
+    let positive = |v: Option<i64>, default: i64, path: &str, c: &mut Ctx| match v {
+        // Go used its default for 0.
+        None | Some(0) => default,
+        Some(n) if n > 0 => n,
+        Some(n) => {
+            c.error(path, format!("must be > 0, got {n}"));
+            default
+        }
+    };
+    let cb = raw.circuit_breaker;
+    let failure_threshold = positive(
+        cb.failure_threshold,
+        d.failure_threshold.into(),
+        "health.circuit_breaker.failure_threshold",
+        c,
+    );
+    let open_ms = positive(
+        cb.open_duration_ms,
+        d.open_duration.as_millis() as i64,
+        "health.circuit_breaker.open_duration_ms",
+        c,
+    );
+    let probes = positive(
+        cb.half_open_probes,
+        d.half_open_probes.into(),
+        "health.circuit_breaker.half_open_probes",
+        c,
+    );
+    let interval_ms = positive(
+        raw.health_check.interval_ms,
+        d.health_check_interval.as_millis() as i64,
+        "health.health_check.interval_ms",
+        c,
+    );
+    HealthConfig {
+        failure_threshold: u32::try_from(failure_threshold).unwrap_or(u32::MAX),
+        open_duration: Duration::from_millis(open_ms as u64),
+        half_open_probes: u32::try_from(probes).unwrap_or(u32::MAX),
+        health_check: raw.health_check.enabled.unwrap_or(true),
+        health_check_interval: Duration::from_millis(interval_ms as u64),
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) struct KeyCore {
     /// Requests in flight (low `FLIGHT_BITS` bits) and the output tokens they reserved (the
     /// rest), in one atomic so that admission and settlement pay one read-modify-write for both.
     flight: AtomicU64,
+    /// `keys[].max_concurrent`: requests in flight at most (0 = no cap).
+    max_in_flight: AtomicU64,
     output: OutputEstimate,
 }
 
@@ -69,6 +71,7 @@ impl KeyCore {
             reset_hint: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             output: OutputEstimate::new(),
         }
     }
@@ -80,6 +83,11 @@ impl KeyCore {
             bucket.set_configured(limit);
         }
         self.disabled.store(false, Relaxed);
+    }
+
+    /// `keys[].max_concurrent` (0 = no cap).
+    pub fn set_max_in_flight(&self, max: u64) {
+        self.max_in_flight.store(max, Relaxed);
     }
 
     /// Output tokens to reserve: the learned estimate, never more than `max_tokens` (when
@@ -126,12 +134,19 @@ impl KeyCore {
         Some(requests.max(input).max(output))
     }
 
-    /// Disabled, cooling down, or told by the upstream to hold.
+    /// Disabled, cooling down, told by the upstream to hold, or at its concurrency cap.
     #[inline(always)]
     fn blocked(&self, now: u64) -> bool {
         self.disabled.load(Relaxed)
             || self.cooldown_until.load(Relaxed) > now
             || self.held_until.load(Relaxed) > now
+            || self.at_concurrency_cap()
+    }
+
+    #[inline(always)]
+    fn at_concurrency_cap(&self) -> bool {
+        let max = self.max_in_flight.load(Relaxed);
+        max != 0 && self.in_flight() >= max
     }
 
     /// Reserve the demand on all three buckets, or nothing. The caller has checked `blocked`.
@@ -148,7 +163,13 @@ impl KeyCore {
             self.buckets[INPUT].release(input);
             return None;
         };
-        self.flight.fetch_add(flight_unit(output), Relaxed);
+        let before = self.flight.fetch_add(flight_unit(output), Relaxed);
+        let max = self.max_in_flight.load(Relaxed);
+        if max != 0 && (before & FLIGHT_MASK) >= max {
+            // A concurrent request took the last slot between the check and here.
+            self.release(&[requests, input, output]);
+            return None;
+        }
         Some([requests, input, output])
     }
 

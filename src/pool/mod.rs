@@ -86,6 +86,9 @@ pub struct KeySpec {
     /// reset or a 403 backoff further out is cut to this, so a hostile or broken upstream
     /// cannot lock a key away (the key is tried again when it ends and learns otherwise).
     pub max_cooldown: Duration,
+    /// Requests in flight on this key at most (`keys[].max_concurrent`; 0 = no cap): a key at
+    /// its cap is skipped like an exhausted one.
+    pub max_concurrent: u32,
 }
 
 /// `KeySpec::max_cooldown` when the config does not say.

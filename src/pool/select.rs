@@ -99,6 +99,14 @@ impl KeyPool {
                     }
                     None => Arc::new(KeyCore::new(rpm, itpm, otpm)),
                 };
+                // One secret, one cap: the lowest configured among its specs.
+                let cap = specs
+                    .iter()
+                    .filter(|s| s.fingerprint == fingerprint && s.max_concurrent > 0)
+                    .map(|s| u64::from(s.max_concurrent))
+                    .min()
+                    .unwrap_or(0);
+                core.set_max_in_flight(cap);
                 (fingerprint, core)
             })
             .collect();
@@ -199,6 +207,44 @@ impl KeyPool {
             }
         }
         Err(self.exhausted(demand, now))
+    }
+
+    /// As [`Self::acquire`], trying `preferred` first (a sticky session's key) when it can take
+    /// the demand.
+    pub fn acquire_preferring(
+        &self,
+        demand: &Demand,
+        tried: &[usize],
+        preferred: Option<usize>,
+    ) -> Result<Reservation, Exhausted> {
+        if let Some(i) = preferred.filter(|i| *i < self.keys.len() && !tried.contains(i)) {
+            let now = ns(Instant::now());
+            if self.cores[i].probe(demand, now).is_some() {
+                if let Some(charges) = self.cores[i].reserve(demand, now) {
+                    return Ok(Reservation::new(self.keys[i].clone(), i, charges));
+                }
+            }
+        }
+        self.acquire(demand, tried)
+    }
+
+    /// Whether key `index` could take `demand` now.
+    pub fn key_admits(&self, index: usize, demand: &Demand) -> bool {
+        self.cores
+            .get(index)
+            .is_some_and(|core| core.probe(demand, ns(Instant::now())).is_some())
+    }
+
+    /// The load of the key that could best take `demand` now (lower = more capacity left, as
+    /// least-loaded selection compares keys), or `None` when no key can.
+    pub fn best_load(&self, demand: &Demand, tried: &[usize]) -> Option<u64> {
+        let now = ns(Instant::now());
+        self.cores
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !tried.contains(i))
+            .filter_map(|(_, core)| core.probe(demand, now))
+            .min()
     }
 
     /// Keys that are not disabled, not cooling down and have at least one request of budget now.

@@ -3,6 +3,9 @@
 //! answered or `routing.max_attempts` is reached; retries, and routing across providers, speak
 //! in attempts.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 
@@ -39,15 +42,33 @@ pub struct Attempt {
     /// What this attempt sends: the client's body with this provider's model mapping (and,
     /// for kinds that translate, their own shape).
     pub body: Bytes,
+    /// Counts the attempt in its provider's in-flight requests while it lives.
+    _in_flight: InFlight,
+}
+
+/// One request in flight on a provider (`least_loaded` compares these).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Attempt {
-    pub fn new(number: u32, provider: usize, body: Bytes) -> Attempt {
+    pub fn new(
+        number: u32,
+        provider_index: usize,
+        provider: &ProviderRuntime,
+        body: Bytes,
+    ) -> Attempt {
+        provider.in_flight.fetch_add(1, Relaxed);
         Attempt {
             number,
-            provider,
+            provider: provider_index,
             reservation: None,
             body,
+            _in_flight: InFlight(provider.in_flight.clone()),
         }
     }
 
@@ -63,12 +84,13 @@ impl Attempt {
         provider: &ProviderRuntime,
         demand: &Demand,
         tried: &[usize],
+        preferred: Option<usize>,
     ) -> Result<(), ApiError> {
         let Some(pool) = &provider.pool else {
             return Ok(());
         };
         let reservation = pool
-            .acquire(demand, tried)
+            .acquire_preferring(demand, tried, preferred)
             .map_err(|exhausted| ApiError::pool_refused(provider.name(), exhausted))?;
         self.reservation = Some(reservation);
         Ok(())

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::pool::{Demand, Settlement};
+use crate::routing::Stick;
 use crate::usage::{JsonUsageScanner, SseUsageParser, Usage};
 
 use super::attempt::Attempt;
@@ -79,8 +80,16 @@ pub struct RequestCtx {
     pub body: Bytes,
     pub facts: RequestFacts,
     pub demand: Demand,
-    /// The provider chosen for the request (index into `state.providers`).
+    /// The candidate providers, in the order attempts try them (`routing.strategy`).
+    pub plan: Vec<usize>,
+    /// The position in `plan` of the provider the next attempt goes to.
+    pub plan_pos: usize,
+    /// The provider of the current (or last) attempt (index into `state.providers`).
     pub provider_index: usize,
+    /// The session's identity (`x-claude-code-session-id`, else `metadata.user_id`).
+    pub session: Option<Box<str>>,
+    /// Where the session stuck before this request, if anywhere.
+    pub sticky: Option<Stick>,
     /// Attempts started so far (the current one included).
     pub attempts: u32,
     /// The attempt in progress, if any.
@@ -105,7 +114,11 @@ impl RequestCtx {
             body: Bytes::new(),
             facts: RequestFacts::default(),
             demand: Demand::default(),
+            plan: Vec::new(),
+            plan_pos: 0,
             provider_index: 0,
+            session: None,
+            sticky: None,
             attempts: 0,
             attempt: None,
             tried: Vec::new(),
@@ -116,7 +129,7 @@ impl RequestCtx {
         }
     }
 
-    /// The provider chosen for this request.
+    /// The provider of the current (or last) attempt.
     pub fn provider(&self) -> Option<&ProviderRuntime> {
         self.state
             .as_ref()

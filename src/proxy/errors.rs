@@ -84,6 +84,11 @@ pub enum ApiError {
          until the relay's config is reloaded"
     )]
     PoolDisabled { provider: String },
+    #[error(
+        "every provider that could serve this request is failing (circuit open); retry after \
+         {retry_after_secs} s"
+    )]
+    CircuitsOpen { retry_after_secs: u64 },
     #[error("the relay is at its limit of {limit} concurrent requests")]
     Overloaded { limit: usize },
     #[error("upstream '{provider}' could not be reached: {reason}")]
@@ -120,7 +125,9 @@ impl ApiError {
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
-            ApiError::Overloaded { .. } | ApiError::PoolDisabled { .. } => 503,
+            ApiError::Overloaded { .. }
+            | ApiError::PoolDisabled { .. }
+            | ApiError::CircuitsOpen { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
             ApiError::Internal(_) => 500,
@@ -138,7 +145,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => "rate_limit_error",
-            ApiError::Overloaded { .. } => "overloaded_error",
+            ApiError::Overloaded { .. } | ApiError::CircuitsOpen { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::UpstreamTimeout { .. }
@@ -150,7 +157,10 @@ impl ApiError {
         match self {
             ApiError::PoolExhausted {
                 retry_after_secs, ..
-            } => Some(Duration::from_secs(*retry_after_secs)),
+            }
+            | ApiError::CircuitsOpen { retry_after_secs } => {
+                Some(Duration::from_secs(*retry_after_secs))
+            }
             // The current window and the next: by then the last one no longer counts.
             ApiError::AuthThrottled => Some(Duration::from_secs(2)),
             _ => None,

@@ -17,7 +17,11 @@ use super::errors::ApiError;
 use super::local::Endpoint;
 use super::request::RequestFacts;
 use super::state::{ProviderRuntime, RuntimeState, Shared};
-use crate::pool::Demand;
+use crate::pool::{Demand, Exhausted};
+use crate::routing::Candidate;
+
+/// Claude Code's session header: requests of one conversation carry the same value.
+const SESSION_HEADER: &str = "x-claude-code-session-id";
 
 /// What a step decided.
 pub enum Step {
@@ -132,12 +136,14 @@ pub async fn read_and_parse_body(
     }
 }
 
-/// The provider for the request's model, and what the request will cost its pool.
-pub fn choose_provider(ctx: &mut RequestCtx, state: &RuntimeState) -> Step {
-    let Some(index) = state.provider_for_model(ctx.facts.model.as_deref()) else {
-        return ApiError::Internal("no enabled provider is configured".into()).into();
-    };
-    ctx.provider_index = index;
+/// What the request will cost a pool, its session, and the plan: the candidate providers in
+/// the order its attempts will try them.
+pub fn plan(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    state: &RuntimeState,
+    shared: &Shared,
+) -> Step {
     ctx.demand = match ctx.endpoint {
         Endpoint::Messages => Demand {
             input_tokens: RequestFacts::estimate_input_tokens(ctx.body.len()),
@@ -149,28 +155,138 @@ pub fn choose_provider(ctx: &mut RequestCtx, state: &RuntimeState) -> Step {
             max_tokens: 1,
         },
     };
+    let routing = &state.config.routing;
+    ctx.session = session
+        .req_header()
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .or(ctx.facts.user_id.as_deref())
+        .map(Into::into);
+    if routing.sticky_sessions {
+        if let Some(id) = &ctx.session {
+            ctx.sticky = shared
+                .sessions
+                .load()
+                .get(id, state.generation, routing.sticky_ttl);
+        }
+    }
+
+    let (providers, default) = state.candidates(ctx.facts.model.as_deref());
+    if providers.is_empty() {
+        return ApiError::Internal("no enabled provider is configured".into()).into();
+    }
+    let health = &state.config.health;
+    let now = std::time::Instant::now();
+    let mut candidates: Vec<Candidate> = providers
+        .iter()
+        .map(|&i| {
+            let p = &state.providers[i];
+            let load = match &p.pool {
+                Some(pool) => pool.best_load(&ctx.demand, &[]),
+                None => Some(0),
+            };
+            Candidate {
+                provider: i,
+                priority: p.config.priority,
+                weight: p.config.weight,
+                admits: load.is_some(),
+                load: load.unwrap_or(u64::MAX),
+                in_flight: p.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                open: !p.breaker.would_pass(health, now),
+            }
+        })
+        .collect();
+    let sticky_provider = ctx.sticky.map(|s| s.provider);
+    if ctx.facts.thinking_signed && candidates.len() > 1 {
+        // Signed thinking blocks are accepted only by the provider that produced them: the
+        // session's provider when known, else (as the Go relay does) the first candidate in
+        // config order whose circuit is closed. No failover to another provider.
+        let keep = sticky_provider
+            .filter(|p| candidates.iter().any(|c| c.provider == *p))
+            .or_else(|| candidates.iter().find(|c| !c.open).map(|c| c.provider));
+        if let Some(keep) = keep {
+            candidates.retain(|c| c.provider == keep);
+        }
+    }
+    state
+        .router
+        .order(&mut candidates, sticky_provider.or(default));
+    if candidates.iter().all(|c| c.open) {
+        let soonest = candidates
+            .iter()
+            .map(|c| state.providers[c.provider].breaker.reopens_in(now))
+            .min()
+            .unwrap_or_default();
+        return ApiError::CircuitsOpen {
+            retry_after_secs: soonest.as_secs().max(1),
+        }
+        .into();
+    }
+    ctx.plan = candidates
+        .iter()
+        .filter(|c| !c.open)
+        .map(|c| c.provider)
+        .collect();
+    ctx.plan_pos = 0;
     Step::Continue
 }
 
-/// Wait up to the provider's `pooling.max_wait_ms` for its pool to be able to admit the
-/// request; answer 429 (or 503 for a pool of refused keys) without touching the upstream.
-pub async fn pool_admission(ctx: &RequestCtx, provider: &ProviderRuntime) -> Step {
-    let Some(pool) = &provider.pool else {
-        return Step::Continue;
-    };
-    let deadline = tokio::time::Instant::now() + provider.config.pooling.max_wait;
+/// Wait up to the first candidate's `pooling.max_wait_ms` for some candidate's pool to be able
+/// to admit the request; else answer 429 with the earliest true Retry-After across them (or
+/// 503 when every key of every candidate is refused) without touching an upstream.
+pub async fn plan_admission(ctx: &RequestCtx, state: &RuntimeState) -> Step {
+    let first = &state.providers[ctx.plan[0]];
+    let deadline = tokio::time::Instant::now() + first.config.pooling.max_wait;
     loop {
-        let exhausted = match pool.check(&ctx.demand, &[]) {
-            Ok(()) => return Step::Continue,
-            Err(e) => e,
+        let refusal = match plan_refusal(ctx, state) {
+            None => return Step::Continue,
+            Some(r) => r,
         };
         let now = tokio::time::Instant::now();
-        if now >= deadline || exhausted.all_disabled {
-            return ApiError::pool_refused(provider.name(), exhausted).into();
+        if now >= deadline || refusal.all_disabled {
+            let names: Vec<&str> = ctx
+                .plan
+                .iter()
+                .map(|&i| state.providers[i].name())
+                .collect();
+            return ApiError::pool_refused(&names.join(", "), refusal).into();
         }
-        let nap = exhausted.retry_after.min(CAPACITY_POLL).min(deadline - now);
+        let nap = refusal.retry_after.min(CAPACITY_POLL).min(deadline - now);
         tokio::time::sleep(nap).await;
     }
+}
+
+/// `None` when some provider of the plan can take the request now; otherwise the earliest
+/// time one could (every key of every candidate refused: `all_disabled`).
+pub fn plan_refusal(ctx: &RequestCtx, state: &RuntimeState) -> Option<Exhausted> {
+    let mut earliest: Option<Exhausted> = None;
+    for &i in &ctx.plan {
+        let Some(pool) = &state.providers[i].pool else {
+            return None;
+        };
+        let tried: Vec<usize> = ctx.tried_keys(i).collect();
+        match pool.check(&ctx.demand, &tried) {
+            Ok(()) => return None,
+            Err(e) => {
+                earliest = Some(match earliest {
+                    None => e,
+                    Some(prev) => Exhausted {
+                        retry_after: if e.all_disabled {
+                            prev.retry_after
+                        } else if prev.all_disabled {
+                            e.retry_after
+                        } else {
+                            prev.retry_after.min(e.retry_after)
+                        },
+                        all_disabled: prev.all_disabled && e.all_disabled,
+                    },
+                });
+            }
+        }
+    }
+    earliest
 }
 
 /// The body this request sends to `provider`: the client's, with the global and the

@@ -83,29 +83,92 @@ impl Relay {
         step!(intake::local_endpoints(ctx, &state, &self.shared));
         step!(intake::admission(ctx, &state, &self.shared));
         step!(intake::read_and_parse_body(session, ctx, &state).await?);
-        step!(intake::choose_provider(ctx, &state));
-        let provider = &state.providers[ctx.provider_index];
-        step!(intake::pool_admission(ctx, provider).await);
+        step!(intake::plan(session, ctx, &state, &self.shared));
+        step!(intake::plan_admission(ctx, &state).await);
         Ok(Step::Continue)
     }
 
-    /// Whether a failed attempt with `verdict` should be made again.
-    fn should_retry(ctx: &RequestCtx, verdict: Verdict) -> bool {
-        if ctx.attempts >= ctx.max_attempts() || !verdict.is_retryable() {
+    /// Whether provider `index` could take the request now (circuit not open, a key of its
+    /// pool not tried yet that can admit it).
+    fn can_take(ctx: &RequestCtx, state: &RuntimeState, index: usize) -> bool {
+        let provider = &state.providers[index];
+        if !provider
+            .breaker
+            .would_pass(&state.config.health, std::time::Instant::now())
+        {
             return false;
         }
-        let Some(provider) = ctx.provider() else {
-            return false;
-        };
         match &provider.pool {
-            // Another key must be able to take it now; otherwise the client is better served
-            // by the upstream's own answer than by a local 429.
             Some(pool) => {
-                let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
+                let tried: Vec<usize> = ctx.tried_keys(index).collect();
                 pool.check(&ctx.demand, &tried).is_ok()
             }
-            // Passthrough: the same credential again, only for failures that are not its fault.
+            None => true,
+        }
+    }
+
+    /// A session whose request succeeded sticks to the provider and key that served it.
+    fn stick(&self, ctx: &RequestCtx) {
+        let (Some(state), Some(session), Some(attempt)) = (&ctx.state, &ctx.session, &ctx.attempt)
+        else {
+            return;
+        };
+        if !state.config.routing.sticky_sessions {
+            return;
+        }
+        if let Some(key) = attempt.key_index() {
+            let stick = crate::routing::Stick {
+                provider: attempt.provider,
+                key,
+            };
+            if ctx.sticky != Some(stick) {
+                self.shared
+                    .sessions
+                    .load()
+                    .put(session, state.generation, stick);
+            }
+        }
+    }
+
+    /// Where the next attempt goes after the current one failed with `verdict` (a position in
+    /// the plan), or `None` when none should be made: out of attempts or of
+    /// `routing.failover_timeout`, a failure no other attempt can fix (the client's), or no
+    /// candidate able to take it. A key's failure (429, 401, 403) moves to another key of the
+    /// same provider first; a provider's failure (5xx, 529, a broken connection) to the next
+    /// provider first.
+    fn next_attempt(ctx: &RequestCtx, verdict: Verdict) -> Option<usize> {
+        let state = ctx.state.as_ref()?;
+        if ctx.attempts >= ctx.max_attempts()
+            || ctx.started.elapsed() >= state.config.routing.failover_timeout
+            || !verdict.is_retryable()
+        {
+            return None;
+        }
+        let provider = &state.providers[ctx.provider_index];
+        let same = match &provider.pool {
+            Some(_) => Self::can_take(ctx, state, ctx.provider_index),
+            // Passthrough: the same credential again, only for failures not its fault.
             None => verdict.is_transient(),
+        }
+        .then_some(ctx.plan_pos);
+        let next =
+            (ctx.plan_pos + 1..ctx.plan.len()).find(|&i| Self::can_take(ctx, state, ctx.plan[i]));
+        if verdict.is_transient() {
+            next.or(same)
+        } else {
+            same.or(next)
+        }
+    }
+
+    /// Record an attempt's outcome in its provider's circuit breaker.
+    fn record_outcome(ctx: &RequestCtx, failed: bool) {
+        if let (Some(state), Some(attempt)) = (&ctx.state, &ctx.attempt) {
+            let provider = &state.providers[attempt.provider];
+            if failed {
+                provider.breaker.record_failure(&state.config.health);
+            } else {
+                provider.breaker.record_success(&state.config.health);
+            }
         }
     }
 }
@@ -161,10 +224,40 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state.clone().expect("set by request_filter");
+        // The plan's provider for this attempt, or the next one that can take it now (and, when
+        // its circuit is half-open, gets one of its probes).
+        let health = &state.config.health;
+        let now = std::time::Instant::now();
+        let position = (ctx.plan_pos..ctx.plan.len()).find(|&i| {
+            let index = ctx.plan[i];
+            Self::can_take(ctx, &state, index)
+                && state.providers[index].breaker.try_pass(health, now)
+        });
+        let Some(position) = position else {
+            let names: Vec<&str> = ctx
+                .plan
+                .iter()
+                .map(|&i| state.providers[i].name())
+                .collect();
+            let err = match intake::plan_refusal(ctx, &state) {
+                Some(refusal) => ApiError::pool_refused(&names.join(", "), refusal),
+                None => ApiError::CircuitsOpen {
+                    retry_after_secs: 1,
+                },
+            };
+            return Err(errors::answer(err));
+        };
+        ctx.plan_pos = position;
+        ctx.provider_index = ctx.plan[position];
         let provider = &state.providers[ctx.provider_index];
         ctx.attempts += 1;
         let body = intake::body_for(ctx, &state, provider);
-        ctx.attempt = Some(Attempt::new(ctx.attempts, ctx.provider_index, body));
+        ctx.attempt = Some(Attempt::new(
+            ctx.attempts,
+            ctx.provider_index,
+            provider,
+            body,
+        ));
         let Some(addr) = provider.addrs.pick() else {
             return Err(errors::answer(ApiError::UpstreamUnreachable {
                 provider: provider.name().to_owned(),
@@ -189,9 +282,14 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing was sent and no key was charged yet: any attempt left may take it.
-        let retry = ctx.attempts < ctx.max_attempts();
-        e.set_retry(retry);
+        // Nothing was sent and no key was charged yet: the next provider (or this one again)
+        // may take it.
+        Self::record_outcome(ctx, true);
+        let next = Self::next_attempt(ctx, Verdict::ServerError);
+        if let Some(position) = next {
+            ctx.plan_pos = position;
+        }
+        e.set_retry(next.is_some());
         e
     }
 
@@ -205,8 +303,12 @@ impl ProxyHttp for Relay {
         let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
         let attempt = ctx.attempt.as_mut().expect("set by upstream_peer");
         let provider = &state.providers[attempt.provider];
+        let preferred = ctx
+            .sticky
+            .filter(|s| s.provider == attempt.provider)
+            .map(|s| s.key);
         attempt
-            .reserve_key(provider, &ctx.demand, &tried)
+            .reserve_key(provider, &ctx.demand, &tried, preferred)
             .map_err(errors::answer)?;
         if let Some(key) = attempt.key_index() {
             ctx.tried.push((attempt.provider, key));
@@ -259,16 +361,29 @@ impl ProxyHttp for Relay {
             Some(p) => p.config.kind.classify(status),
             None => Verdict::of(status),
         };
-        if Self::should_retry(ctx, verdict) {
+        // The provider answered: only its own failures (5xx, 529) count against its circuit.
+        Self::record_outcome(ctx, verdict.is_transient());
+        if let Some(position) = Self::next_attempt(ctx, verdict) {
             learn::apply(ctx, upstream_response, verdict);
             log::info!(
-                "{} attempt {} on provider {} got {}; retrying",
+                "{} attempt {} on provider {} got {}; retrying{}",
                 ctx.request_id,
                 ctx.attempts,
                 ctx.provider_name(),
-                status
+                status,
+                if position == ctx.plan_pos {
+                    String::new()
+                } else {
+                    format!(
+                        " on provider {}",
+                        ctx.state
+                            .as_ref()
+                            .map_or("-", |s| s.providers[ctx.plan[position]].name())
+                    )
+                }
             );
             ctx.release_reservation();
+            ctx.plan_pos = position;
             return Err(errors::retry(status, ctx.attempts));
         }
         Ok(())
@@ -290,6 +405,9 @@ impl ProxyHttp for Relay {
             );
         }
 
+        if (200..300).contains(&status) {
+            self.stick(ctx);
+        }
         if (200..300).contains(&status) && ctx.endpoint == Endpoint::Messages {
             let is_sse = upstream_response
                 .headers
@@ -358,6 +476,10 @@ impl ProxyHttp for Relay {
             )
             && errors::relay_answer(&e).is_none()
             && ctx.attempts < ctx.max_attempts();
+        if *e.esource() == ErrorSource::Upstream && errors::relay_answer(&e).is_none() {
+            // Broken connections and timeouts are the provider's failures.
+            Self::record_outcome(ctx, true);
+        }
         let mut retry = false;
         if connection_failure {
             // Not the key's fault: it may serve the next attempt too.
@@ -366,13 +488,10 @@ impl ProxyHttp for Relay {
                 ctx.tried.retain(|&t| t != key);
                 r.release();
             }
-            retry = match ctx.provider().and_then(|p| p.pool.as_ref()) {
-                Some(pool) => {
-                    let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
-                    pool.check(&ctx.demand, &tried).is_ok()
-                }
-                None => true,
-            };
+            if let Some(position) = Self::next_attempt(ctx, Verdict::ServerError) {
+                ctx.plan_pos = position;
+                retry = true;
+            }
         }
         e.set_retry(retry);
         e

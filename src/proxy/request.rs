@@ -17,6 +17,11 @@ pub struct RequestFacts {
     model_span: Option<(usize, usize)>,
     pub stream: bool,
     pub max_tokens: u64,
+    /// `metadata.user_id`: a session identity when the client sends no session header.
+    pub user_id: Option<String>,
+    /// Assistant messages carry `thinking` blocks with a `signature`: only the provider that
+    /// produced them accepts them back.
+    pub thinking_signed: bool,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +32,55 @@ struct Probe<'a> {
     stream: Option<bool>,
     #[serde(default)]
     max_tokens: Option<u64>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// Only what thinking-signature detection reads of the messages.
+#[derive(Deserialize)]
+struct SignedProbe {
+    #[serde(default)]
+    messages: Vec<SignedMessage>,
+}
+
+#[derive(Deserialize)]
+struct SignedMessage {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+/// Whether an assistant message holds a `thinking` block with a non-empty `signature`. The
+/// body is parsed for it only when both words appear in it (rare), as Go's relay detects it.
+fn has_thinking_signature(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if memchr::memmem::find(bytes, b"\"signature\"").is_none()
+        || memchr::memmem::find(bytes, b"thinking").is_none()
+    {
+        return false;
+    }
+    let Ok(probe) = serde_json::from_str::<SignedProbe>(text) else {
+        return false;
+    };
+    probe
+        .messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .any(|m| {
+            m.content.as_array().is_some_and(|blocks| {
+                blocks.iter().any(|b| {
+                    b["type"] == "thinking"
+                        && b["signature"].as_str().is_some_and(|s| !s.is_empty())
+                })
+            })
+        })
 }
 
 impl RequestFacts {
@@ -67,6 +121,11 @@ impl RequestFacts {
             model_span,
             stream: probe.stream.unwrap_or(false),
             max_tokens: probe.max_tokens.unwrap_or(0),
+            user_id: probe
+                .metadata
+                .and_then(|m| m.user_id)
+                .filter(|u| !u.is_empty()),
+            thinking_signed: has_thinking_signature(text),
         })
     }
 
@@ -117,6 +176,24 @@ mod tests {
         );
         let again = RequestFacts::parse(&out).unwrap();
         assert_eq!(again.model.as_deref(), Some("a-much-longer-model-name"));
+    }
+
+    #[test]
+    fn session_and_thinking_signatures_are_read() {
+        let body = br#"{"model":"m","metadata":{"user_id":"user_1"},"messages":[
+            {"role":"user","content":"hi"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"EqQB"},
+                                           {"type":"text","text":"hello"}]}]}"#;
+        let f = RequestFacts::parse(body).unwrap();
+        assert_eq!(f.user_id.as_deref(), Some("user_1"));
+        assert!(f.thinking_signed);
+        let unsigned = br#"{"messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"x","signature":""}]}],"note":"signature"}"#;
+        assert!(!RequestFacts::parse(unsigned).unwrap().thinking_signed);
+        assert!(
+            !RequestFacts::parse(br#"{"model":"m"}"#)
+                .unwrap()
+                .thinking_signed
+        );
     }
 
     #[test]

@@ -10,9 +10,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue};
 
 use super::auth::AuthThrottle;
-use crate::config::{self, Config, ProviderConfig};
+use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
 use crate::providers::{resolve_now, ResolvedAddrs};
+use crate::routing::{longest_prefix, Breaker, Router, SessionTable};
 
 /// One provider, ready for requests.
 pub struct ProviderRuntime {
@@ -20,6 +21,10 @@ pub struct ProviderRuntime {
     /// Present when the provider has keys; `None` = passthrough of the client's credentials.
     pub pool: Option<KeyPool>,
     pub addrs: Arc<ResolvedAddrs>,
+    /// Its circuit breaker; carried across reloads while the provider keeps its name.
+    pub breaker: Arc<Breaker>,
+    /// Requests in flight on it (for `least_loaded`); carried across reloads too.
+    pub in_flight: Arc<AtomicUsize>,
     /// Header values built once per config rather than per request (a clone is a reference
     /// count): the upstream's `Host`, per key its credential (marked sensitive) and its id, the
     /// pool size.
@@ -75,6 +80,8 @@ fn credentials(provider: &ProviderConfig) -> Vec<(HeaderName, HeaderValue)> {
 pub struct RuntimeState {
     pub config: Arc<Config>,
     pub providers: Vec<ProviderRuntime>,
+    /// The routing strategy's state for this config (rotation cursors, weighted schedule).
+    pub router: Router,
     /// Index into `providers` by name.
     by_name: HashMap<String, usize>,
     /// Bumped by every successful reload, so clients (e.g. `cc-relay reload`) can see it land.
@@ -94,6 +101,7 @@ fn key_specs(provider: &ProviderConfig) -> Vec<KeySpec> {
             priority: k.priority,
             weight: k.weight,
             max_cooldown: provider.pooling.max_cooldown,
+            max_concurrent: k.max_concurrent,
         })
         .collect()
 }
@@ -135,6 +143,8 @@ impl RuntimeState {
                     .map(|k| HeaderValue::from_str(&k.id).ok())
                     .collect(),
                 keys_total_value: HeaderValue::from(p.keys.len()),
+                breaker: old.map_or_else(Default::default, |o| o.breaker.clone()),
+                in_flight: old.map_or_else(Default::default, |o| o.in_flight.clone()),
                 config: p.clone(),
                 pool,
                 addrs,
@@ -145,7 +155,9 @@ impl RuntimeState {
             .enumerate()
             .map(|(i, p)| (p.config.name.clone(), i))
             .collect();
+        let weights: Vec<f64> = providers.iter().map(|p| p.config.weight).collect();
         RuntimeState {
+            router: Router::new(config.routing.strategy, &weights),
             generation: previous.map_or(1, |s| s.generation + 1),
             config: Arc::new(config),
             providers,
@@ -157,32 +169,70 @@ impl RuntimeState {
         self.by_name.get(name).map(|&i| &self.providers[i])
     }
 
-    /// The model after the global `routing.model_mapping`.
+    /// The model after the global `routing.model_mapping` (exact rewrites; under `model_based`
+    /// the mapping picks providers instead and the model is left alone).
     pub fn mapped_model<'a>(&'a self, model: Option<&'a str>) -> Option<&'a str> {
-        let mapping = &self.config.routing.model_mapping;
-        model.map(|m| mapping.get(m).map(String::as_str).unwrap_or(m))
+        let routing = &self.config.routing;
+        if routing.strategy == RoutingStrategy::ModelBased {
+            return model;
+        }
+        model.map(|m| {
+            routing
+                .model_mapping
+                .get(m)
+                .map(String::as_str)
+                .unwrap_or(m)
+        })
     }
 
-    /// The provider for a request's model (after the global mapping): the first enabled
-    /// provider that lists it, else `routing.default_provider`, else the first enabled one.
-    pub fn provider_for_model(&self, model: Option<&str>) -> Option<usize> {
+    /// The enabled providers that may serve `model`, in config order, and the one to prefer
+    /// among them (`routing.default_provider` when it applies).
+    ///
+    /// `model_based`: the provider of the longest `routing.model_mapping` prefix, else
+    /// `routing.default_provider`, else as below. Otherwise: the providers that list the model
+    /// (after the global mapping); if none does, those that serve any model (`models` empty),
+    /// `routing.default_provider` preferred; if there are none, every enabled provider.
+    pub fn candidates(&self, model: Option<&str>) -> (Vec<usize>, Option<usize>) {
+        let routing = &self.config.routing;
+        let enabled = |i: &usize| self.providers[*i].config.enabled;
+        let default = routing
+            .default_provider
+            .as_deref()
+            .and_then(|d| self.by_name.get(d).copied())
+            .filter(enabled);
+        if routing.strategy == RoutingStrategy::ModelBased {
+            let mapped = model
+                .and_then(|m| longest_prefix(&routing.model_mapping, m))
+                .and_then(|name| self.by_name.get(name).copied())
+                .filter(enabled);
+            if let Some(p) = mapped.or(default) {
+                return (vec![p], None);
+            }
+        }
+        let all = || (0..self.providers.len()).filter(enabled);
         if let Some(m) = self.mapped_model(model) {
-            let listed = self
-                .providers
-                .iter()
-                .position(|p| p.config.enabled && !p.config.models.is_empty() && p.serves(m));
-            if listed.is_some() {
-                return listed;
+            let listing: Vec<usize> = all()
+                .filter(|&i| {
+                    let p = &self.providers[i];
+                    !p.config.models.is_empty() && p.serves(m)
+                })
+                .collect();
+            if !listing.is_empty() {
+                return (listing, None);
             }
         }
-        if let Some(default) = &self.config.routing.default_provider {
-            if let Some(&i) = self.by_name.get(default) {
-                if self.providers[i].config.enabled {
-                    return Some(i);
-                }
-            }
+        let generic: Vec<usize> = all()
+            .filter(|&i| self.providers[i].config.models.is_empty())
+            .chain(default)
+            .collect();
+        let mut generic = generic;
+        generic.sort_unstable();
+        generic.dedup();
+        if generic.is_empty() {
+            (all().collect(), default)
+        } else {
+            (generic, default)
         }
-        self.providers.iter().position(|p| p.config.enabled)
     }
 }
 
@@ -202,17 +252,22 @@ pub struct Shared {
     pub in_flight: Arc<AtomicUsize>,
     /// Failed authentications per client address; kept across reloads.
     pub auth_throttle: AuthThrottle,
+    /// Where each session sticks (`routing.sticky_*`); replaced only when its size changes.
+    pub sessions: ArcSwap<SessionTable>,
 }
 
 pub type SharedState = Arc<Shared>;
 
 pub fn shared(state: RuntimeState) -> SharedState {
     Arc::new(Shared {
-        current: ArcSwap::from_pointee(state),
         last_reload_error: ArcSwapOption::empty(),
         reload_attempts: AtomicU64::new(0),
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
         auth_throttle: AuthThrottle::new(),
+        sessions: ArcSwap::from_pointee(SessionTable::new(
+            state.config.routing.sticky_max_sessions,
+        )),
+        current: ArcSwap::from_pointee(state),
     })
 }

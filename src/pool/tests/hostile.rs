@@ -133,3 +133,23 @@ fn a_pool_of_disabled_keys_says_so_instead_of_a_retry_after() {
     let refused = pool.acquire_at(&demand(1, 1), &[], t0).unwrap_err();
     assert!(refused.all_disabled);
 }
+
+#[test]
+fn a_key_at_its_concurrency_cap_is_skipped_until_a_request_ends() {
+    let t0 = Instant::now();
+    let mut capped = spec("capped", 0, 0, 0);
+    capped.max_concurrent = 1;
+    capped.priority = 2;
+    let pool = pool(vec![capped, spec("other", 0, 0, 0)], Strategy::LeastLoaded);
+    let first = pool.acquire_at(&demand(1, 1), &[], t0).unwrap();
+    assert_eq!(first.key().id(), "capped");
+    let second = pool.acquire_at(&demand(1, 1), &[], t0).unwrap();
+    assert_eq!(
+        second.key().id(),
+        "other",
+        "the capped key was used twice at once"
+    );
+    first.release();
+    let third = pool.acquire_at(&demand(1, 1), &[], t0).unwrap();
+    assert_eq!(third.key().id(), "capped");
+}

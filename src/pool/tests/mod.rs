@@ -23,6 +23,7 @@ fn spec(id: &str, rpm: u64, itpm: u64, otpm: u64) -> KeySpec {
         priority: 1,
         weight: 1.0,
         max_cooldown: super::DEFAULT_MAX_COOLDOWN,
+        max_concurrent: 0,
     }
 }
 
