@@ -67,3 +67,33 @@ async fn sdk_gets_rate_limit_error_with_retry_after_from_an_exhausted_pool() {
         "the refused request reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_streams_through_a_failover_as_one_clean_stream() {
+    let flaky = start_mock().await;
+    let steady = start_mock().await;
+    flaky.set_sticky_fault(
+        "sk-flaky",
+        Some(Fault::Status {
+            status: 529,
+            retry_after: None,
+        }),
+    );
+    let body = format!(
+        "providers:\n{}{}",
+        mock_provider("flaky", &flaky, &[("f", "sk-flaky")], "    priority: 2\n"),
+        mock_provider(
+            "steady",
+            &steady,
+            &[("s", "sk-steady")],
+            "    priority: 1\n"
+        ),
+    );
+    let relay = RelayProcess::start("", &body);
+    run_sdk(&relay, "failover");
+    assert!(
+        flaky.request_count() >= 1,
+        "the first provider was never tried"
+    );
+    assert_eq!(steady.request_count(), 3);
+}

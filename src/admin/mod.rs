@@ -56,6 +56,10 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "enabled": p.config.enabled,
                 "base_url": p.config.base_url.to_string(),
                 "passthrough": p.pool.is_none(),
+                "priority": p.config.priority,
+                "weight": p.config.weight,
+                "circuit": p.breaker.state(&state.config.health).as_str(),
+                "in_flight": p.in_flight.load(Ordering::Relaxed),
                 "strategy": p.pool.as_ref().map(|pool| pool.strategy().as_str()),
                 "keys_available": p.pool.as_ref().map(|pool| pool.available()),
                 "keys": keys,
@@ -65,6 +69,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
     Bytes::from(
         serde_json::json!({
             "config_generation": state.generation,
+            "routing": {"strategy": state.config.routing.strategy.as_str()},
             "reload": {
                 "attempts": shared.reload_attempts.load(Ordering::Relaxed),
                 "last_error": shared.last_reload_error.load().as_deref(),
@@ -73,4 +78,45 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
         })
         .to_string(),
     )
+}
+
+/// `GET /v1/providers`: the Go relay's shape (`{"object":"list","data":[{name, type, base_url,
+/// models, active}]}`, enabled providers in config order), with each provider's circuit and its
+/// keys' availability by id added. Never a key.
+pub fn providers_body(state: &RuntimeState) -> Bytes {
+    let health = &state.config.health;
+    let data: Vec<_> = state
+        .providers
+        .iter()
+        .filter(|p| p.config.enabled)
+        .map(|p| {
+            let circuit = p.breaker.state(health);
+            let keys: Vec<_> = p
+                .pool
+                .iter()
+                .flat_map(|pool| pool.keys())
+                .map(|k| {
+                    let s = k.snapshot();
+                    serde_json::json!({
+                        "id": s.id,
+                        "available": !s.disabled && s.cooling_for.is_none(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": p.config.name,
+                "type": p.config.kind.name(),
+                "base_url": p.config.base_url.to_string(),
+                "models": p.config.models,
+                "enabled": p.config.enabled,
+                "active": circuit != crate::routing::CircuitState::Open,
+                "health": circuit.as_str(),
+                "priority": p.config.priority,
+                "weight": p.config.weight,
+                "keys_available": p.pool.as_ref().map(|pool| pool.available()),
+                "keys": keys,
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }

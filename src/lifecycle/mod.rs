@@ -17,6 +17,7 @@
 
 mod client;
 mod dns;
+mod health;
 mod logging;
 mod pidfile;
 mod reload;

@@ -19,6 +19,11 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
     if logging_changed {
         init_logging(&new_cfg.logging);
     }
+    if new_cfg.routing.sticky_max_sessions != old.config.routing.sticky_max_sessions {
+        // A table of another size: sessions stick again from their next request.
+        let table = crate::routing::SessionTable::new(new_cfg.routing.sticky_max_sessions);
+        state.sessions.store(Arc::new(table));
+    }
     let next = RuntimeState::build(new_cfg, Some(&old));
     let generation = next.generation;
     state.current.store(Arc::new(next));

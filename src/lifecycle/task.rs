@@ -15,7 +15,7 @@ use super::pidfile::{remove_pid_file_if_ours, write_pid_file};
 use super::reload::reload_from;
 use super::server::{wait_listening, LISTEN_WAIT};
 use super::systemd::notify_systemd;
-use super::{dns, upgrade};
+use super::{dns, health, upgrade};
 use crate::proxy::SharedState;
 
 /// How often host names of upstreams are resolved again.
@@ -73,6 +73,15 @@ impl BackgroundService for LifecycleTask {
         notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
         let mut dns = tokio::time::interval(DNS_RETRY);
         dns.tick().await;
+        let check_every = self
+            .state
+            .current
+            .load()
+            .config
+            .health
+            .health_check_interval;
+        let mut health_check = tokio::time::interval(check_every);
+        health_check.tick().await;
         let mut ticks: u32 = 0;
         loop {
             tokio::select! {
@@ -86,6 +95,7 @@ impl BackgroundService for LifecycleTask {
                 // Pingora acts on these too; we only stop keeping connections alive.
                 Some(()) = quit.recv() => self.state.draining.store(true, Ordering::Relaxed),
                 Some(()) = term.recv() => self.state.draining.store(true, Ordering::Relaxed),
+                _ = health_check.tick() => health::probe_open_circuits(&self.state).await,
                 _ = dns.tick() => {
                     ticks = ticks.wrapping_add(1);
                     let all = ticks.is_multiple_of((DNS_REFRESH.as_secs() / DNS_RETRY.as_secs()) as u32);

@@ -99,6 +99,7 @@ pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) 
         Endpoint::Health => crate::admin::health_body(state),
         Endpoint::Status => crate::admin::status_body(state, shared),
         Endpoint::Models => super::local::models_body(state),
+        Endpoint::Providers => crate::admin::providers_body(state),
         _ => return Step::Continue,
     };
     Step::Respond(Answer::Json(body))

@@ -16,6 +16,8 @@ pub enum Endpoint {
     Health,
     Status,
     Models,
+    /// `GET /v1/providers`: the Go relay's provider list, with circuits and key availability.
+    Providers,
     Messages,
     CountTokens,
     WrongMethod,
@@ -39,6 +41,7 @@ impl Endpoint {
             ),
             "/status" => (Endpoint::Status, *method == Method::GET),
             "/v1/models" => (Endpoint::Models, *method == Method::GET),
+            "/v1/providers" => (Endpoint::Providers, *method == Method::GET),
             "/v1/messages" => (Endpoint::Messages, *method == Method::POST),
             "/v1/messages/count_tokens" => (Endpoint::CountTokens, *method == Method::POST),
             _ => return Endpoint::Unknown,

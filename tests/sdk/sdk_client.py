@@ -55,10 +55,22 @@ def exhausted(client: anthropic.Anthropic) -> None:
     raise AssertionError("expected a 429 from the exhausted pool")
 
 
+def failover(client: anthropic.Anthropic) -> None:
+    # The first provider answers 529 to everything: the relay fails the stream over to the
+    # second before a byte reaches the SDK, which sees one clean stream.
+    for _ in range(3):
+        with client.messages.stream(model=MODEL, max_tokens=64000, messages=MESSAGES) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == final.content[0].text and text, (text, final)
+        assert final.usage.output_tokens == 12, final.usage
+        assert final.stop_reason == "end_turn", final.stop_reason
+
+
 def main() -> None:
     base_url, scenario = sys.argv[1], sys.argv[2]
     client = anthropic.Anthropic(base_url=base_url, api_key="client-key", max_retries=0)
-    {"happy": happy, "midstream": midstream, "exhausted": exhausted}[scenario](client)
+    {"happy": happy, "midstream": midstream, "exhausted": exhausted, "failover": failover}[scenario](client)
     print(f"sdk {scenario}: ok")
 
 
