@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use cc_relay::config::{HealthConfig, RoutingStrategy};
 use cc_relay::pool::{Demand, KeyPool, KeySpec, RateLimitHeaders, Strategy};
+use cc_relay::routing::{Breaker, Candidate, Router, SessionTable, Stick};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 
 const SIZES: [usize; 3] = [2, 10, 100];
@@ -219,5 +221,68 @@ fn learning(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, acquire_only, single_threaded, contended, learning);
+/// The routing decision of one request over 5 providers of 10 keys each, as the relay's intake
+/// makes it: each provider's circuit, its pool's best load for the demand, the session table
+/// lookup, then the strategy's order.
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route");
+    let pools: Vec<KeyPool> = (0..5).map(|_| pool(10, Strategy::LeastLoaded)).collect();
+    let breakers: Vec<Breaker> = (0..5).map(|_| Breaker::new()).collect();
+    let health = HealthConfig::default();
+    let sessions = SessionTable::new(16_384);
+    sessions.put(
+        "session-1",
+        1,
+        Stick {
+            provider: 3,
+            key: 4,
+        },
+    );
+    let ttl = Duration::from_secs(3600);
+    for strategy in [
+        RoutingStrategy::Failover,
+        RoutingStrategy::RoundRobin,
+        RoutingStrategy::WeightedRoundRobin,
+        RoutingStrategy::Shuffle,
+        RoutingStrategy::LeastLoaded,
+        RoutingStrategy::WeightedFailover,
+    ] {
+        let router = Router::new(strategy, &[1.0, 2.0, 1.0, 3.0, 1.0]);
+        group.bench_function(BenchmarkId::new("5x10", strategy.as_str()), |b| {
+            b.iter(|| {
+                let now = Instant::now();
+                let sticky = sessions.get(black_box("session-1"), 1, ttl);
+                let mut candidates: Vec<Candidate> = pools
+                    .iter()
+                    .zip(&breakers)
+                    .enumerate()
+                    .map(|(i, (pool, breaker))| {
+                        let load = pool.best_load(&DEMAND, &[]);
+                        Candidate {
+                            provider: i,
+                            priority: (i % 3) as u8,
+                            weight: 1.0,
+                            admits: load.is_some(),
+                            load: load.unwrap_or(u64::MAX),
+                            in_flight: 0,
+                            open: !breaker.would_pass(&health, now),
+                        }
+                    })
+                    .collect();
+                router.order(&mut candidates, sticky.map(|s| s.provider));
+                black_box(candidates[0].provider)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    acquire_only,
+    single_threaded,
+    contended,
+    learning,
+    routing
+);
 criterion_main!(benches);
