@@ -118,6 +118,7 @@ pub(crate) struct RawRouting {
     pub sticky_sessions: Option<bool>,
     pub sticky_max_sessions: Option<i64>,
     pub sticky_ttl_ms: Option<i64>,
+    pub debug: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -285,7 +286,7 @@ const ROUTING: Node = Map(&[
     ("sticky_sessions", Bool),
     ("sticky_max_sessions", Int),
     ("sticky_ttl_ms", Int),
-    ("debug", GoIgnored),
+    ("debug", Bool),
     // Older Go documentation.
     ("failover", GoIgnored),
     ("cost_based", GoIgnored),

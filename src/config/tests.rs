@@ -777,14 +777,13 @@ fn go_keys_are_accepted_with_a_warning() {
     let paths: Vec<&str> = w.iter().map(|w| w.split(':').next().unwrap()).collect();
     assert_eq!(
         paths,
-        // health.* and routing.failover_timeout are implemented: no warning for them.
+        // health.*, routing.failover_timeout and routing.debug are implemented: no warning.
         [
             "cache",
             "grpc",
             "metrics",
             "logging.pretty",
-            "logging.debug_options",
-            "routing.debug"
+            "logging.debug_options"
         ]
     );
     // Ignored sections are not expanded: an unset variable there is no error.

@@ -182,6 +182,9 @@ pub struct RoutingConfig {
     pub sticky_max_sessions: usize,
     /// `routing.sticky_ttl_ms` (default 1 h): a session idle this long is forgotten.
     pub sticky_ttl: Duration,
+    /// `routing.debug` (Go's): responses say how they were routed (`X-CC-Relay-Strategy`,
+    /// `X-CC-Relay-Provider`, `X-CC-Relay-Health`, `X-CC-Relay-Thinking-Affinity`).
+    pub debug: bool,
 }
 
 /// `routing.strategy`, with the Go cc-relay's names and meanings.

@@ -890,6 +890,7 @@ fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> Routin
         sticky_sessions: raw.sticky_sessions.unwrap_or(true),
         sticky_max_sessions: sticky_max_sessions as usize,
         sticky_ttl: Duration::from_millis(sticky_ttl_ms as u64),
+        debug: raw.debug.unwrap_or(false),
     }
 }
 

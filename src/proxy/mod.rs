@@ -107,6 +107,22 @@ impl Relay {
         }
     }
 
+    /// `routing.debug`: how the response was routed, as the Go relay says it.
+    fn debug_headers(ctx: &RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+        let (Some(state), Some(provider)) = (&ctx.state, ctx.provider()) else {
+            return Ok(());
+        };
+        let strategy = state.config.routing.strategy.as_str();
+        response.insert_header("x-cc-relay-strategy", strategy)?;
+        response.insert_header("x-cc-relay-provider", provider.name())?;
+        let health = provider.breaker.state(&state.config.health).as_str();
+        response.insert_header("x-cc-relay-health", health)?;
+        if ctx.facts.thinking_signed {
+            response.insert_header("x-cc-relay-thinking-affinity", "true")?;
+        }
+        Ok(())
+    }
+
     /// A session whose request succeeded sticks to the provider and key that served it.
     fn stick(&self, ctx: &RequestCtx) {
         let (Some(state), Some(session), Some(attempt)) = (&ctx.state, &ctx.session, &ctx.attempt)
@@ -421,6 +437,9 @@ impl ProxyHttp for Relay {
         }
 
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.state.as_ref().is_some_and(|s| s.config.routing.debug) {
+            Self::debug_headers(ctx, upstream_response)?;
+        }
         if let Some(provider) = ctx.provider() {
             if let Some(pool) = &provider.pool {
                 let key = ctx.attempt.as_ref().and_then(Attempt::key_index);
