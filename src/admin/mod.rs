@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 pub use app::{admin_service, AdminApp};
 
-use crate::proxy::{RuntimeState, Shared};
+use crate::pool::KeySnapshot;
+use crate::proxy::{ProviderRuntime, RuntimeState, Shared};
 
 /// `GET /health` (no auth): liveness and the config generation, nothing else. Why a reload
 /// failed (which may quote the file) is in `/status`, behind the relay's credential.
@@ -30,12 +31,8 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
         .providers
         .iter()
         .map(|p| {
-            let keys: Vec<_> = p
-                .pool
-                .iter()
-                .flat_map(|pool| pool.keys())
-                .map(|k| {
-                    let s = k.snapshot();
+            let keys: Vec<_> = key_snapshots(p)
+                .map(|s| {
                     serde_json::json!({
                         "id": s.id,
                         "priority": s.priority,
@@ -80,6 +77,15 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
     )
 }
 
+/// The live state of each key of `provider`'s pool (none for passthrough).
+fn key_snapshots(provider: &ProviderRuntime) -> impl Iterator<Item = KeySnapshot> + '_ {
+    provider
+        .pool
+        .iter()
+        .flat_map(|pool| pool.keys())
+        .map(|k| k.snapshot())
+}
+
 /// `GET /v1/providers`: the Go relay's shape (`{"object":"list","data":[{name, type, base_url,
 /// models, active}]}`, enabled providers in config order), with each provider's circuit and its
 /// keys' availability by id added. Never a key.
@@ -91,12 +97,8 @@ pub fn providers_body(state: &RuntimeState) -> Bytes {
         .filter(|p| p.config.enabled)
         .map(|p| {
             let circuit = p.breaker.state(health);
-            let keys: Vec<_> = p
-                .pool
-                .iter()
-                .flat_map(|pool| pool.keys())
-                .map(|k| {
-                    let s = k.snapshot();
+            let keys: Vec<_> = key_snapshots(p)
+                .map(|s| {
                     serde_json::json!({
                         "id": s.id,
                         "available": !s.disabled && s.cooling_for.is_none(),

@@ -209,6 +209,18 @@ fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// A share of traffic: finite and >= 0.
+fn weight(v: Option<f64>, default: f64, path: &str, c: &mut Ctx) -> f64 {
+    match v {
+        None => default,
+        Some(w) if w.is_finite() && w >= 0.0 => w,
+        Some(w) => {
+            c.error(path, format!("must be a finite number >= 0, got {w}"));
+            default
+        }
+    }
+}
+
 fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {
     match v {
         None => default,
@@ -423,17 +435,8 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
                 DEFAULT_PRIORITY as u8
             }
         };
-        let weight = match p.weight {
-            None => keys.first().map_or(1.0, |k| k.weight),
-            Some(w) if w.is_finite() && w >= 0.0 => w,
-            Some(w) => {
-                c.error(
-                    format!("{path}.weight"),
-                    format!("must be a finite number >= 0, got {w}"),
-                );
-                1.0
-            }
-        };
+        let default_weight = keys.first().map_or(1.0, |k| k.weight);
+        let weight = weight(p.weight, default_weight, &format!("{path}.weight"), c);
         let provider = ProviderConfig {
             name,
             kind,
@@ -710,17 +713,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 DEFAULT_PRIORITY as u8
             }
         };
-        let weight = match k.weight {
-            None => 1.0,
-            Some(w) if w.is_finite() && w >= 0.0 => w,
-            Some(w) => {
-                c.error(
-                    format!("{path}.weight"),
-                    format!("must be a finite number >= 0, got {w}"),
-                );
-                1.0
-            }
-        };
+        let weight = weight(k.weight, 1.0, &format!("{path}.weight"), c);
 
         let max_concurrent = match k.max_concurrent {
             None => 0,

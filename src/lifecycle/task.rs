@@ -101,7 +101,13 @@ impl BackgroundService for LifecycleTask {
                     let all = ticks.is_multiple_of((DNS_REFRESH.as_secs() / DNS_RETRY.as_secs()) as u32);
                     dns::refresh(&self.state, all).await;
                 }
-                _ = shutdown.changed() => break,
+                // Pingora's graceful shutdown (SIGTERM, or SIGQUIT handing over to an upgrade):
+                // its broadcast can win the race with our own SIGTERM branch above, so it
+                // marks the drain too. (SIGINT never gets here: `exit_on_interrupt` exits.)
+                _ = shutdown.changed() => {
+                    self.state.draining.store(true, Ordering::Relaxed);
+                    break;
+                }
             }
         }
         self.exit_when_drained().await;
@@ -132,9 +138,6 @@ impl LifecycleTask {
     /// serve. Once it has stopped accepting, exit as soon as no proxied request is in flight
     /// (the grace period stays the upper bound: Pingora ends the process then anyway).
     async fn exit_when_drained(&self) {
-        if !self.state.draining.load(Ordering::Relaxed) {
-            return; // SIGINT: `exit_on_interrupt` ends the process
-        }
         loop {
             if self.state.in_flight.load(Ordering::Acquire) == 0 {
                 // Let a response whose last bytes are being flushed finish.
