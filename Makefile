@@ -28,6 +28,9 @@ deps-test:
 	@$(PYTHON) -c "import anthropic" 2>/dev/null || { \
 		echo "installing the anthropic Python SDK (for the SDK end-to-end test)"; \
 		$(PYTHON) -m pip install -q anthropic || $(PYTHON) -m pip install -q --break-system-packages anthropic; }
+	@$(PYTHON) -c "import prometheus_client" 2>/dev/null || { \
+		echo "installing prometheus_client (its parser checks the relay's metrics in a test)"; \
+		$(PYTHON) -m pip install -q prometheus_client || $(PYTHON) -m pip install -q --break-system-packages prometheus_client; }
 
 deps: deps-build deps-test
 

@@ -277,12 +277,39 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// What `metrics.enabled` adds to one request: its outcome counter, two latency histograms
+/// and four token counters (label handles resolved once), plus the overhead histogram.
+fn metrics(c: &mut Criterion) {
+    use cc_relay::admin::metrics::{Outcome, METRICS};
+    let mut group = c.benchmark_group("metrics");
+    let handles = METRICS.for_key("anthropic", "key-1");
+    let usage = cc_relay::usage::Usage {
+        input_tokens: 1200,
+        cache_creation_input_tokens: 0,
+        cache_read_input_tokens: 5000,
+        output_tokens: 300,
+    };
+    group.bench_function("record_one_request", |b| {
+        b.iter(|| {
+            handles.request(black_box(Outcome::Proxied), black_box(200));
+            handles.latency(
+                black_box(Duration::from_millis(1500)),
+                Some(Duration::from_millis(300)),
+            );
+            handles.tokens(black_box(&usage));
+            METRICS.observe_overhead(black_box(Duration::from_micros(60)));
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     acquire_only,
     single_threaded,
     contended,
     learning,
-    routing
+    routing,
+    metrics
 );
 criterion_main!(benches);

@@ -74,3 +74,54 @@ pub fn admin_service(shared: SharedState, listen: std::net::SocketAddr) -> Servi
     service.add_tcp(&listen.to_string());
     service
 }
+
+/// Prometheus metrics on `metrics.prometheus_listen`, at `metrics.prometheus_endpoint` (no
+/// auth, as Prometheus scrapes: keep the listener on a private interface).
+pub struct MetricsApp {
+    shared: SharedState,
+    endpoint: String,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.uri.path() == self.endpoint && req.method == Method::GET {
+            let body = super::metrics::METRICS.render(&self.shared);
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .body(body)
+                .expect("a valid response");
+        }
+        let err = ApiError::NotFound {
+            method: req.method.to_string(),
+            path: req.uri.path().to_owned(),
+        };
+        let body = err.body().to_vec();
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("a valid response")
+    }
+}
+
+/// The metrics listener as a Pingora service.
+pub fn metrics_service(
+    shared: SharedState,
+    listen: std::net::SocketAddr,
+    endpoint: String,
+) -> Service<MetricsApp> {
+    let mut service = Service::new(
+        "cc-relay metrics".to_owned(),
+        MetricsApp { shared, endpoint },
+    );
+    service.add_tcp(&listen.to_string());
+    service
+}

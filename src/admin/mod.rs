@@ -5,12 +5,13 @@
 //! ([`AdminApp`], a Pingora `ServeHttp` service) with the same authentication.
 
 mod app;
+pub mod metrics;
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-pub use app::{admin_service, AdminApp};
+pub use app::{admin_service, metrics_service, AdminApp, MetricsApp};
 
 use crate::pool::KeySnapshot;
 use crate::proxy::{ProviderRuntime, RuntimeState, Shared};

@@ -66,7 +66,7 @@ pub fn summarize_changes(old: &Config, new: &Config) -> ChangeSummary {
 fn server(old: &Config, new: &Config, s: &mut ChangeSummary) {
     let (o, n) = (&old.server, &new.server);
     for setting in STARTUP_SETTINGS {
-        let (was, now) = ((setting.show)(o), (setting.show)(n));
+        let (was, now) = ((setting.show)(old), (setting.show)(new));
         if was != now {
             s.upgrade_change(setting.field, was, now);
         }

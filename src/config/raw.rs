@@ -32,7 +32,16 @@ pub(crate) struct RawConfig {
     pub providers: Vec<RawProvider>,
     pub routing: RawRouting,
     pub health: RawHealth,
+    pub metrics: RawMetrics,
     pub logging: RawLogging,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub enabled: Option<bool>,
+    pub prometheus_listen: Option<String>,
+    pub prometheus_endpoint: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -186,7 +195,7 @@ pub(crate) static TOP: Node = Map(&[
     ("health", HEALTH),
     ("cache", GoIgnored),
     ("grpc", GoIgnored),
-    ("metrics", GoIgnored),
+    ("metrics", METRICS),
 ]);
 
 const SERVER: Node = Map(&[
@@ -290,6 +299,12 @@ const ROUTING: Node = Map(&[
     // Older Go documentation.
     ("failover", GoIgnored),
     ("cost_based", GoIgnored),
+]);
+
+const METRICS: Node = Map(&[
+    ("enabled", Bool),
+    ("prometheus_listen", Str),
+    ("prometheus_endpoint", Str),
 ]);
 
 const HEALTH: Node = Map(&[

@@ -740,7 +740,8 @@ fn unknown_key_is_an_error_with_its_path() {
     let e = one_error(&format!("{ONE}colour: blue\n"));
     assert!(
         e.starts_with(
-            "colour: unknown field (expected one of: server, providers, routing, logging, health)"
+            "colour: unknown field (expected one of: server, providers, routing, logging, health, \
+             metrics)"
         ),
         "{e}"
     );
@@ -777,14 +778,8 @@ fn go_keys_are_accepted_with_a_warning() {
     let paths: Vec<&str> = w.iter().map(|w| w.split(':').next().unwrap()).collect();
     assert_eq!(
         paths,
-        // health.*, routing.failover_timeout and routing.debug are implemented: no warning.
-        [
-            "cache",
-            "grpc",
-            "metrics",
-            "logging.pretty",
-            "logging.debug_options"
-        ]
+        // health.*, metrics.*, routing.failover_timeout and routing.debug are implemented.
+        ["cache", "grpc", "logging.pretty", "logging.debug_options"]
     );
     // Ignored sections are not expanded: an unset variable there is no error.
     load(&format!(

@@ -20,7 +20,21 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     pub health: HealthConfig,
+    pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
+}
+
+/// `metrics.*` (the Go cc-relay's keys).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// `metrics.enabled` (default false): serve Prometheus metrics.
+    pub enabled: bool,
+    /// `metrics.prometheus_listen`: a listener of their own (no auth: put it on a private
+    /// interface). Without it they are served at `/metrics` on `server.listen`, behind
+    /// `server.auth`.
+    pub listen: Option<SocketAddr>,
+    /// `metrics.prometheus_endpoint` (default `/metrics`): the path on `prometheus_listen`.
+    pub endpoint: String,
 }
 
 #[derive(Clone, Debug)]

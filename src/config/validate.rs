@@ -14,8 +14,8 @@ use http::Uri;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAuth, RawConfig, RawHealth, RawKey, RawLogging, RawPooling, RawProvider, RawRouting,
-    RawServer, CLOUD_TYPES,
+    RawAuth, RawConfig, RawHealth, RawKey, RawLogging, RawMetrics, RawPooling, RawProvider,
+    RawRouting, RawServer, CLOUD_TYPES,
 };
 use super::types::*;
 use crate::pool::Strategy;
@@ -77,6 +77,7 @@ pub(crate) fn validate(
     let providers = providers(raw.providers, &mut c);
     let routing = routing(raw.routing, &providers, &mut c);
     let health = health(raw.health, &mut c);
+    let metrics = metrics(raw.metrics, &mut c);
     let logging = logging(raw.logging, &mut c);
     if c.errors.is_empty() {
         Ok(Config {
@@ -84,6 +85,7 @@ pub(crate) fn validate(
             providers,
             routing,
             health,
+            metrics,
             logging,
         })
     } else {
@@ -898,6 +900,35 @@ const OLDER_GO_STRATEGIES: [(&str, RoutingStrategy); 6] = [
 ];
 
 const DEFAULT_FAILOVER_TIMEOUT_MS: i64 = 30_000;
+
+fn metrics(raw: RawMetrics, c: &mut Ctx) -> MetricsConfig {
+    let listen = match raw.prometheus_listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match parse_listen(text) {
+            Ok(addr) => Some(addr),
+            Err(m) => {
+                c.error("metrics.prometheus_listen", m);
+                None
+            }
+        },
+    };
+    let endpoint = match raw.prometheus_endpoint.as_deref().map(str::trim) {
+        None | Some("") => "/metrics".to_string(),
+        Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p.to_string(),
+        Some(p) => {
+            c.error(
+                "metrics.prometheus_endpoint",
+                format!("must be a path starting with /, got {}", shown(p)),
+            );
+            "/metrics".to_string()
+        }
+    };
+    MetricsConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        listen,
+        endpoint,
+    }
+}
 
 fn health(raw: RawHealth, c: &mut Ctx) -> HealthConfig {
     let d = HealthConfig::default();

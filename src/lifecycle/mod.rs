@@ -105,6 +105,9 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         if let Some(admin) = cfg.server.admin_listen {
             server::check_can_listen(admin)?;
         }
+        if let Some(metrics) = cfg.metrics.listen.filter(|_| cfg.metrics.enabled) {
+            server::check_can_listen(metrics)?;
+        }
     }
 
     let reload_path = match &source {
@@ -113,6 +116,8 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     };
     let listen = cfg.server.listen;
     let admin_listen = cfg.server.admin_listen;
+    let metrics_listen = cfg.metrics.listen.filter(|_| cfg.metrics.enabled);
+    let metrics_endpoint = cfg.metrics.endpoint.clone();
     let pid_file = cfg.server.pid_file.clone();
     let upgrade_sock = cfg.server.upgrade_sock.clone();
     let conf = server_conf(&cfg);
@@ -134,6 +139,13 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         server.add_service(crate::admin::admin_service(state.clone(), admin_listen));
+    }
+    if let Some(listen) = metrics_listen {
+        server.add_service(crate::admin::metrics_service(
+            state.clone(),
+            listen,
+            metrics_endpoint,
+        ));
     }
     server.add_service(background_service(
         "cc-relay lifecycle",

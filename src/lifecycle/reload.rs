@@ -14,7 +14,7 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
     let mut new_cfg = config::load_file(path).map_err(|e| e.to_string())?;
     let old = state.current.load_full();
     let changes = config::summarize_changes(&old.config, &new_cfg);
-    config::keep_running_startup_settings(&mut new_cfg.server, &old.config.server);
+    config::keep_running_startup_settings(&mut new_cfg, &old.config);
     let logging_changed = new_cfg.logging != old.config.logging;
     if logging_changed {
         init_logging(&new_cfg.logging);

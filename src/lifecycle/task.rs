@@ -123,6 +123,7 @@ impl LifecycleTask {
         let state = self.state.clone();
         // File I/O and DNS resolution of new hosts: off the async workers.
         let outcome = tokio::task::spawn_blocking(move || reload_from(&state, &path)).await;
+        crate::admin::metrics::METRICS.reload(matches!(outcome, Ok(Ok(()))));
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::admin::metrics::{KeyHandles, UNROUTED};
 use crate::pool::{Demand, Settlement};
 use crate::routing::Stick;
 use crate::usage::{JsonUsageScanner, SseUsageParser, Usage};
@@ -98,6 +99,14 @@ pub struct RequestCtx {
     /// them again.
     pub tried: Vec<(usize, usize)>,
     pub upstream_status: u16,
+    /// The status of an answer the relay gave itself (an error), for the metrics.
+    pub local_status: Option<u16>,
+    /// Metrics timestamps: the request body read (intake done), the last attempt's upstream
+    /// request sent, its upstream response header received; and the time to first byte.
+    pub intake_done_at: Option<Instant>,
+    pub upstream_sent_at: Option<Instant>,
+    pub upstream_header_at: Option<Instant>,
+    pub first_byte: Option<std::time::Duration>,
     pub usage: UsageTracker,
     pub replay_installed: bool,
     pub slot: Option<ConcurrencySlot>,
@@ -123,6 +132,11 @@ impl RequestCtx {
             attempt: None,
             tried: Vec::new(),
             upstream_status: 0,
+            local_status: None,
+            intake_done_at: None,
+            upstream_sent_at: None,
+            upstream_header_at: None,
+            first_byte: None,
             usage: UsageTracker::Off,
             replay_installed: false,
             slot: None,
@@ -138,6 +152,27 @@ impl RequestCtx {
 
     pub fn provider_name(&self) -> &str {
         self.provider().map_or("-", |p| p.name())
+    }
+
+    /// Whether `metrics.enabled` (the request then records its metrics).
+    pub fn metrics_on(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.config.metrics.enabled)
+    }
+
+    /// The metric handles for the attempt's provider and key (`-` before a provider).
+    pub fn metric_handles(&self) -> &KeyHandles {
+        let (Some(provider), Some(attempt)) = (self.provider(), &self.attempt) else {
+            return UNROUTED.get("-", "-");
+        };
+        match attempt.key_index() {
+            Some(k) => {
+                let id = provider.pool.as_ref().map_or("-", |p| p.keys()[k].id());
+                provider.key_metrics[k].get(provider.name(), id)
+            }
+            None => provider.passthrough_metrics.get(provider.name(), "-"),
+        }
     }
 
     /// `routing.max_attempts` of the config this request started with.

@@ -36,6 +36,8 @@ pub enum Answer {
     Error(ApiError),
     /// A local JSON document (`/`, `/health`, `/status`, `/v1/models`).
     Json(Bytes),
+    /// Prometheus' text exposition.
+    Metrics(Bytes),
 }
 
 impl From<ApiError> for Step {
@@ -100,6 +102,18 @@ pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) 
         Endpoint::Status => crate::admin::status_body(state, shared),
         Endpoint::Models => super::local::models_body(state),
         Endpoint::Providers => crate::admin::providers_body(state),
+        Endpoint::Metrics if state.config.metrics.enabled => {
+            return Step::Respond(Answer::Metrics(Bytes::from(
+                crate::admin::metrics::METRICS.render(shared),
+            )));
+        }
+        Endpoint::Metrics => {
+            return ApiError::NotFound {
+                method: "GET".into(),
+                path: "/metrics (metrics.enabled is false)".into(),
+            }
+            .into()
+        }
         _ => return Step::Continue,
     };
     Step::Respond(Answer::Json(body))

@@ -18,6 +18,8 @@ pub enum Endpoint {
     Models,
     /// `GET /v1/providers`: the Go relay's provider list, with circuits and key availability.
     Providers,
+    /// `GET /metrics` (when `metrics.enabled`): Prometheus' text format, behind `server.auth`.
+    Metrics,
     Messages,
     CountTokens,
     WrongMethod,
@@ -42,6 +44,7 @@ impl Endpoint {
             "/status" => (Endpoint::Status, *method == Method::GET),
             "/v1/models" => (Endpoint::Models, *method == Method::GET),
             "/v1/providers" => (Endpoint::Providers, *method == Method::GET),
+            "/metrics" => (Endpoint::Metrics, *method == Method::GET),
             "/v1/messages" => (Endpoint::Messages, *method == Method::POST),
             "/v1/messages/count_tokens" => (Endpoint::CountTokens, *method == Method::POST),
             _ => return Endpoint::Unknown,
@@ -71,9 +74,20 @@ pub async fn respond_json(
     body: Bytes,
     request_id: &str,
 ) -> pingora::Result<()> {
+    respond(session, status, "application/json", body, request_id).await
+}
+
+/// Write a small local answer of `content_type`.
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    request_id: &str,
+) -> pingora::Result<()> {
     let head_only = session.req_header().method == Method::HEAD;
     let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", request_id)?;
     session

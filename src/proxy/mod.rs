@@ -51,6 +51,7 @@ pub use local::Endpoint;
 pub use request::RequestFacts;
 pub use state::{shared, ProviderRuntime, RuntimeState, Shared, SharedState};
 
+use crate::admin::metrics::{local_outcome, Outcome, METRICS};
 use crate::providers::Verdict;
 use crate::usage::{JsonUsageScanner, SseUsageParser};
 use attempt::Attempt;
@@ -104,6 +105,41 @@ impl Relay {
                 pool.check(&ctx.demand, &tried).is_ok()
             }
             None => true,
+        }
+    }
+
+    /// Time to first byte, and the relay's own share of a request made in one attempt: from
+    /// its body read to its upstream request sent, plus from the upstream's response header to
+    /// the client's (the moment this runs).
+    fn observe_response_header(ctx: &mut RequestCtx) {
+        let now = std::time::Instant::now();
+        ctx.first_byte = Some(now.duration_since(ctx.started));
+        if ctx.attempts != 1 {
+            return; // earlier attempts' upstream time would count as the relay's
+        }
+        if let (Some(intake), Some(sent), Some(header)) = (
+            ctx.intake_done_at,
+            ctx.upstream_sent_at,
+            ctx.upstream_header_at,
+        ) {
+            let overhead = sent.saturating_duration_since(intake) + now.duration_since(header);
+            METRICS.observe_overhead(overhead);
+        }
+    }
+
+    /// One request's metrics, when it ends: how it was answered, its latency, its tokens.
+    fn record_request(ctx: &RequestCtx) {
+        let (status, outcome) = match (ctx.local_status, ctx.upstream_status) {
+            (Some(status), _) => (status, local_outcome(status)),
+            (None, 0) => return, // a local document (/health, /status) or nobody to answer
+            (None, status) if ctx.attempts > 1 => (status, Outcome::FailedOver),
+            (None, status) => (status, Outcome::Proxied),
+        };
+        let handles = ctx.metric_handles();
+        handles.request(outcome, status);
+        handles.latency(ctx.started.elapsed(), ctx.first_byte);
+        if let Some(usage) = ctx.usage.usage() {
+            handles.tokens(&usage);
         }
     }
 
@@ -189,6 +225,20 @@ impl Relay {
     }
 }
 
+/// Prometheus' text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `reason` label of a retry after an upstream status.
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        401 => "401",
+        403 => "403",
+        429 => "429",
+        529 => "529",
+        _ => "5xx",
+    }
+}
+
 fn new_request_id() -> String {
     format!("req_relay_{:024x}", fastrand::u128(..) >> 32)
 }
@@ -214,10 +264,17 @@ impl ProxyHttp for Relay {
             Step::Continue => {
                 BodyReplaySession::install(session, ctx.body.clone());
                 ctx.replay_installed = true;
+                if ctx.metrics_on() {
+                    ctx.intake_done_at = Some(std::time::Instant::now());
+                }
                 Ok(false)
             }
             Step::Respond(Answer::Json(body)) => {
                 local::respond_json(session, 200, body, &ctx.request_id).await?;
+                Ok(true)
+            }
+            Step::Respond(Answer::Metrics(body)) => {
+                local::respond(session, 200, PROMETHEUS_TEXT, body, &ctx.request_id).await?;
                 Ok(true)
             }
             Step::Respond(Answer::Error(err)) => {
@@ -228,6 +285,7 @@ impl ProxyHttp for Relay {
                     err.status(),
                     err
                 );
+                ctx.local_status = Some(err.status());
                 errors::write_error(session, &err, &ctx.request_id).await?;
                 Ok(true)
             }
@@ -303,6 +361,9 @@ impl ProxyHttp for Relay {
         Self::record_outcome(ctx, true);
         let next = Self::next_attempt(ctx, Verdict::ServerError);
         if let Some(position) = next {
+            if ctx.metrics_on() {
+                METRICS.retry(ctx.provider_name(), "connect");
+            }
             ctx.plan_pos = position;
         }
         e.set_retry(next.is_some());
@@ -346,7 +407,11 @@ impl ProxyHttp for Relay {
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
-        attempt.prepare(provider, ctx.credential, origin, upstream)
+        attempt.prepare(provider, ctx.credential, origin, upstream)?;
+        if ctx.metrics_on() {
+            ctx.upstream_sent_at = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     async fn request_body_filter(
@@ -373,6 +438,9 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if ctx.metrics_on() {
+            ctx.upstream_header_at = Some(std::time::Instant::now());
+        }
         let verdict = match ctx.provider() {
             Some(p) => p.config.kind.classify(status),
             None => Verdict::of(status),
@@ -399,6 +467,9 @@ impl ProxyHttp for Relay {
                 }
             );
             ctx.release_reservation();
+            if ctx.metrics_on() {
+                METRICS.retry(ctx.provider_name(), status_reason(status));
+            }
             ctx.plan_pos = position;
             return Err(errors::retry(status, ctx.attempts));
         }
@@ -454,6 +525,9 @@ impl ProxyHttp for Relay {
                 )?;
             }
         }
+        if ctx.metrics_on() {
+            Self::observe_response_header(ctx);
+        }
         Ok(())
     }
 
@@ -508,6 +582,9 @@ impl ProxyHttp for Relay {
                 r.release();
             }
             if let Some(position) = Self::next_attempt(ctx, Verdict::ServerError) {
+                if ctx.metrics_on() {
+                    METRICS.retry(ctx.provider_name(), "connection");
+                }
                 ctx.plan_pos = position;
                 retry = true;
             }
@@ -573,6 +650,7 @@ impl ProxyHttp for Relay {
             },
         };
         let code = err.status();
+        ctx.local_status = Some(code);
         if let Err(write_err) = errors::write_error(session, &err, &ctx.request_id).await {
             log::debug!("{}: could not send the error: {write_err}", ctx.request_id);
         }
@@ -604,6 +682,9 @@ impl ProxyHttp for Relay {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.replay_installed && BodyReplaySession::restore(session) && e.is_some() {
             session.set_keepalive(None);
+        }
+        if ctx.metrics_on() {
+            Self::record_request(ctx);
         }
         ctx.settle_reservation();
         // The usage is read again only for the debug line: not when it is filtered out.

@@ -10,6 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue};
 
 use super::auth::AuthThrottle;
+use crate::admin::metrics::KeyHandleCell;
 use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
 use crate::providers::{resolve_now, ResolvedAddrs};
@@ -25,6 +26,9 @@ pub struct ProviderRuntime {
     pub breaker: Arc<Breaker>,
     /// Requests in flight on it (for `least_loaded`); carried across reloads too.
     pub in_flight: Arc<AtomicUsize>,
+    /// Its metric label handles: per key, and for passthrough (resolved on first use).
+    pub key_metrics: Vec<KeyHandleCell>,
+    pub passthrough_metrics: KeyHandleCell,
     /// Header values built once per config rather than per request (a clone is a reference
     /// count): the upstream's `Host`, per key its credential (marked sensitive) and its id, the
     /// pool size.
@@ -145,6 +149,8 @@ impl RuntimeState {
                 keys_total_value: HeaderValue::from(p.keys.len()),
                 breaker: old.map_or_else(Default::default, |o| o.breaker.clone()),
                 in_flight: old.map_or_else(Default::default, |o| o.in_flight.clone()),
+                key_metrics: p.keys.iter().map(|_| KeyHandleCell::default()).collect(),
+                passthrough_metrics: KeyHandleCell::default(),
                 config: p.clone(),
                 pool,
                 addrs,

@@ -1,0 +1,393 @@
+//! Prometheus metrics (`metrics.*`), named `cc_relay_*` after Prometheus' conventions (base
+//! units in the name, `_total` counters). Labels carry provider names and key **ids**, never a
+//! key; their cardinality is bounded by the config.
+//!
+//! Two kinds of metrics, so the request path takes no lock for them:
+//! - events (requests, retries, tokens, latencies) are counters and histograms whose label
+//!   handles a request resolves once per (provider, key) and then only increments atomics
+//!   (`EventMetrics::for_key` caches them in the runtime state, built once per config);
+//! - state (each key's limits, remaining budget, cooldown, in flight; each circuit; the config
+//!   generation) is read from the live state when Prometheus scrapes ([`StateCollector`]), so
+//!   it costs requests nothing.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use once_cell::sync::{Lazy, OnceCell};
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::proxy::Shared;
+
+/// Latency buckets (seconds): 1 ms to 10 min, for requests that stream for minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+/// The relay's own share of a request: 10 µs to 100 ms.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// How a request ended, for `cc_relay_requests_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream's answer went to the client (first attempt).
+    Proxied,
+    /// The upstream's answer went to the client after an attempt failed over or was retried.
+    FailedOver,
+    /// The relay answered 429 itself (every candidate out of capacity).
+    Local429,
+    /// The relay refused the request itself (bad body, auth, 404, 413, ...).
+    ClientError,
+    /// The relay answered for an upstream that failed (502, 504, 503).
+    UpstreamError,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Proxied,
+        Outcome::FailedOver,
+        Outcome::Local429,
+        Outcome::ClientError,
+        Outcome::UpstreamError,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Proxied => "proxied",
+            Outcome::FailedOver => "failed_over",
+            Outcome::Local429 => "local_429",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// The event metrics of the process (one registry; kept across reloads).
+pub struct EventMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    retries: IntCounterVec,
+    tokens: IntCounterVec,
+    duration: HistogramVec,
+    ttfb: HistogramVec,
+    overhead: Histogram,
+    reloads: IntCounterVec,
+    in_flight: IntGauge,
+}
+
+/// The label handles of one (provider, key) pair, resolved once.
+pub struct KeyHandles {
+    /// Indexed by outcome, then status class (1xx..5xx).
+    requests: Vec<[IntCounter; 5]>,
+    /// input, output, cache_read, cache_creation.
+    tokens: [IntCounter; 4],
+    duration: Histogram,
+    ttfb: Histogram,
+}
+
+pub static METRICS: Lazy<EventMetrics> = Lazy::new(EventMetrics::new);
+
+/// Requests answered before a provider was chosen (404, 401, 413, ...): provider and key `-`.
+pub static UNROUTED: KeyHandleCell = KeyHandleCell(OnceCell::new());
+
+impl EventMetrics {
+    fn new() -> EventMetrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let requests = counter(
+            "cc_relay_requests_total",
+            "Requests answered, by provider, key id, status class and outcome.",
+            &["provider", "key", "status_class", "outcome"],
+        );
+        let retries = counter(
+            "cc_relay_retries_total",
+            "Attempts made again on another key or provider, by the provider that failed and why.",
+            &["provider", "reason"],
+        );
+        let tokens = counter(
+            "cc_relay_tokens_total",
+            "Tokens the upstream reported, by provider, key id and kind.",
+            &["provider", "key", "kind"],
+        );
+        let duration = histogram(
+            "cc_relay_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
+            &["provider"],
+            LATENCY_BUCKETS,
+        );
+        let ttfb = histogram(
+            "cc_relay_time_to_first_byte_seconds",
+            "Time from the request's arrival to its response header.",
+            &["provider"],
+            LATENCY_BUCKETS,
+        );
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "cc_relay_overhead_seconds",
+                "Time a proxied request spent in the relay itself: from its body read to its \
+                 upstream request sent, plus from the upstream's response header to the \
+                 client's (the client's upload and the upstream's work excluded).",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(overhead.clone()))
+            .expect("registered once");
+        let reloads = counter(
+            "cc_relay_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let in_flight = IntGauge::new("cc_relay_requests_in_flight", "Proxied requests in flight.")
+            .expect("valid metric");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("registered once");
+        let build = IntGaugeVec::new(
+            Opts::new("cc_relay_build_info", "The running build (value 1)."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build)).expect("registered once");
+        EventMetrics {
+            registry,
+            requests,
+            retries,
+            tokens,
+            duration,
+            ttfb,
+            overhead,
+            reloads,
+            in_flight,
+        }
+    }
+
+    /// The handles of `key` (an id, or `-` for passthrough) of `provider`.
+    pub fn for_key(&self, provider: &str, key: &str) -> KeyHandles {
+        let requests = Outcome::ALL
+            .iter()
+            .map(|o| {
+                ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                    self.requests
+                        .with_label_values(&[provider, key, class, o.as_str()])
+                })
+            })
+            .collect();
+        let tokens = ["input", "output", "cache_read", "cache_creation"]
+            .map(|kind| self.tokens.with_label_values(&[provider, key, kind]));
+        KeyHandles {
+            requests,
+            tokens,
+            duration: self.duration.with_label_values(&[provider]),
+            ttfb: self.ttfb.with_label_values(&[provider]),
+        }
+    }
+
+    pub fn retry(&self, provider: &str, reason: &str) {
+        self.retries.with_label_values(&[provider, reason]).inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn observe_overhead(&self, overhead: Duration) {
+        self.overhead.observe(overhead.as_secs_f64());
+    }
+
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// The text exposition of every metric, the live state's included.
+    pub fn render(&self, shared: &Shared) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        families.extend(StateCollector { shared }.gather());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("the text encoder writes to a Vec");
+        out
+    }
+}
+
+impl KeyHandles {
+    pub fn request(&self, outcome: Outcome, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        let row = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.requests[row][class].inc();
+    }
+
+    pub fn tokens(&self, usage: &crate::usage::Usage) {
+        let [input, output, cache_read, cache_creation] = &self.tokens;
+        input.inc_by(usage.input_tokens);
+        output.inc_by(usage.output_tokens);
+        cache_read.inc_by(usage.cache_read_input_tokens);
+        cache_creation.inc_by(usage.cache_creation_input_tokens);
+    }
+
+    pub fn latency(&self, total: Duration, first_byte: Option<Duration>) {
+        self.duration.observe(total.as_secs_f64());
+        if let Some(t) = first_byte {
+            self.ttfb.observe(t.as_secs_f64());
+        }
+    }
+}
+
+/// A lazily resolved [`KeyHandles`] (resolving takes the prometheus crate's lock once).
+#[derive(Default)]
+pub struct KeyHandleCell(OnceCell<KeyHandles>);
+
+/// How a request the relay answered itself ended, by its status.
+pub fn local_outcome(status: u16) -> Outcome {
+    match status {
+        429 => Outcome::Local429,
+        500..=599 => Outcome::UpstreamError,
+        _ => Outcome::ClientError,
+    }
+}
+
+impl KeyHandleCell {
+    pub fn get(&self, provider: &str, key: &str) -> &KeyHandles {
+        self.0.get_or_init(|| METRICS.for_key(provider, key))
+    }
+}
+
+/// The live state as gauges, read at scrape time.
+struct StateCollector<'a> {
+    shared: &'a Shared,
+}
+
+impl StateCollector<'_> {
+    fn gather(&self) -> Vec<MetricFamily> {
+        let state = self.shared.current.load();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let limit = gauge(
+            "cc_relay_key_limit",
+            "A key's limit per minute (configured or learned; 0 = unknown), by dimension.",
+            &["provider", "key", "dimension"],
+        );
+        let remaining = gauge(
+            "cc_relay_key_remaining",
+            "What a key has left now, by dimension.",
+            &["provider", "key", "dimension"],
+        );
+        let cooldown = prometheus::GaugeVec::new(
+            Opts::new(
+                "cc_relay_key_cooldown_seconds",
+                "Time until a cooling key is used again (0 when it is not cooling).",
+            ),
+            &["provider", "key"],
+        )
+        .expect("valid metric");
+        let key_in_flight = gauge(
+            "cc_relay_key_in_flight",
+            "Requests in flight on a key.",
+            &["provider", "key"],
+        );
+        let key_state = gauge(
+            "cc_relay_key_state",
+            "A key's state: 1 for the one it is in (available, cooling, disabled).",
+            &["provider", "key", "state"],
+        );
+        let circuit = gauge(
+            "cc_relay_provider_circuit_state",
+            "A provider's circuit: 1 for the state it is in (closed, open, half_open).",
+            &["provider", "state"],
+        );
+        let generation = IntGauge::new(
+            "cc_relay_config_generation",
+            "The running config's generation (1 at start, +1 per reload).",
+        )
+        .expect("valid metric");
+        generation.set(state.generation as i64);
+        for p in &state.providers {
+            let name = p.name();
+            let circuit_now = p.breaker.state(&state.config.health);
+            for s in [
+                crate::routing::CircuitState::Closed,
+                crate::routing::CircuitState::Open,
+                crate::routing::CircuitState::HalfOpen,
+            ] {
+                circuit
+                    .with_label_values(&[name, s.as_str()])
+                    .set(i64::from(s == circuit_now));
+            }
+            for k in p.pool.iter().flat_map(|pool| pool.keys()) {
+                let s = k.snapshot();
+                let id = s.id.as_str();
+                for (dimension, d) in [
+                    ("requests", s.requests),
+                    ("input_tokens", s.input_tokens),
+                    ("output_tokens", s.output_tokens),
+                ] {
+                    limit
+                        .with_label_values(&[name, id, dimension])
+                        .set(d.limit as i64);
+                    remaining
+                        .with_label_values(&[name, id, dimension])
+                        .set(d.remaining as i64);
+                }
+                let cooling = s.cooling_for.unwrap_or_default();
+                cooldown
+                    .with_label_values(&[name, id])
+                    .set(cooling.as_secs_f64());
+                key_in_flight
+                    .with_label_values(&[name, id])
+                    .set(s.in_flight as i64);
+                let now = if s.disabled {
+                    "disabled"
+                } else if s.cooling_for.is_some() {
+                    "cooling"
+                } else {
+                    "available"
+                };
+                for st in ["available", "cooling", "disabled"] {
+                    key_state
+                        .with_label_values(&[name, id, st])
+                        .set(i64::from(st == now));
+                }
+            }
+        }
+        let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        METRICS.in_flight.set(in_flight as i64);
+        let collectors: [&dyn Collector; 7] = [
+            &limit,
+            &remaining,
+            &cooldown,
+            &key_in_flight,
+            &key_state,
+            &circuit,
+            &generation,
+        ];
+        collectors.iter().flat_map(|c| c.collect()).collect()
+    }
+}
