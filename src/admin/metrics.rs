@@ -79,6 +79,7 @@ pub struct EventMetrics {
     overhead: Histogram,
     reloads: IntCounterVec,
     in_flight: IntGauge,
+    access_log_dropped: IntCounter,
 }
 
 /// The label handles of one (provider, key) pair, resolved once.
@@ -167,6 +168,14 @@ impl EventMetrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("registered once");
+        let access_log_dropped = IntCounter::new(
+            "cc_relay_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("registered once");
         let build = IntGaugeVec::new(
             Opts::new("cc_relay_build_info", "The running build (value 1)."),
             &["version"],
@@ -184,6 +193,7 @@ impl EventMetrics {
             overhead,
             reloads,
             in_flight,
+            access_log_dropped,
         }
     }
 
@@ -219,6 +229,10 @@ impl EventMetrics {
 
     pub fn observe_overhead(&self, overhead: Duration) {
         self.overhead.observe(overhead.as_secs_f64());
+    }
+
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
     }
 
     pub fn in_flight(&self) -> &IntGauge {

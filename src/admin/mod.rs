@@ -4,6 +4,7 @@
 //! credential except `/health`) and, with `server.admin_listen`, on a listener of their own
 //! ([`AdminApp`], a Pingora `ServeHttp` service) with the same authentication.
 
+pub mod access_log;
 mod app;
 pub mod metrics;
 

@@ -25,6 +25,7 @@ const PINGORA_MODULES: &[&str] = &[
 /// Set up `log` from `logging` (again on every reload: the new settings replace the old);
 /// `RUST_LOG` overrides the level.
 pub fn init_logging(logging: &config::LoggingConfig) {
+    crate::admin::access_log::configure(logging);
     let built = build(logging, &std::env::var("RUST_LOG").unwrap_or_default());
     let max_level = built.filter();
     LOGGER.0.store(Arc::new(built));

@@ -51,6 +51,7 @@ pub use local::Endpoint;
 pub use request::RequestFacts;
 pub use state::{shared, ProviderRuntime, RuntimeState, Shared, SharedState};
 
+use crate::admin::access_log;
 use crate::admin::metrics::{local_outcome, Outcome, METRICS};
 use crate::providers::Verdict;
 use crate::usage::{JsonUsageScanner, SseUsageParser};
@@ -141,6 +142,39 @@ impl Relay {
         if let Some(usage) = ctx.usage.usage() {
             handles.tokens(&usage);
         }
+    }
+
+    /// The request's access log line (before the reservation is settled: it names the key).
+    fn access_line(session: &Session, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let status = ctx
+            .local_status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let (provider, key) = match (ctx.provider(), &ctx.attempt) {
+            (Some(p), Some(a)) => (
+                p.name(),
+                a.key_index()
+                    .and_then(|k| p.pool.as_ref().map(|pool| pool.keys()[k].id()))
+                    .unwrap_or("-"),
+            ),
+            _ => ("-", "-"),
+        };
+        access_log::record(&access_log::AccessEntry {
+            request_id: &ctx.request_id,
+            client: session.client_addr().map(|a| a.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            provider,
+            key,
+            attempts: ctx.attempts,
+            model: ctx.facts.model.as_deref(),
+            usage: ctx.usage.usage().unwrap_or_default(),
+            time_to_first_byte: ctx.first_byte,
+            total: ctx.started.elapsed(),
+            bytes_sent: session.body_bytes_sent(),
+        });
     }
 
     /// `routing.debug`: how the response was routed, as the Go relay says it.
@@ -527,6 +561,8 @@ impl ProxyHttp for Relay {
         }
         if ctx.metrics_on() {
             Self::observe_response_header(ctx);
+        } else if access_log::enabled() {
+            ctx.first_byte = Some(ctx.started.elapsed());
         }
         Ok(())
     }
@@ -685,6 +721,9 @@ impl ProxyHttp for Relay {
         }
         if ctx.metrics_on() {
             Self::record_request(ctx);
+        }
+        if access_log::enabled() {
+            Self::access_line(session, ctx);
         }
         ctx.settle_reservation();
         // The usage is read again only for the debug line: not when it is filtered out.
