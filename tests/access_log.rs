@@ -79,3 +79,63 @@ async fn one_line_per_request_with_the_clients_request_id() {
     let logs = relay.logs();
     assert!(!logs.contains("sk-access-secret") && !logs.contains("relay-access-secret"));
 }
+
+#[tokio::test]
+async fn a_log_file_is_reopened_on_sigusr1_after_logrotate_moved_it() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let rotated = dir.path().join("relay.log.1");
+    let body = format!(
+        "{}logging:\n  format: json\n  output: \"{}\"\n",
+        pool_config(&mock, &[("k1", "sk-1", "")], ""),
+        log.display()
+    );
+    let relay = RelayProcess::start("", &body);
+    let access_ids = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["kind"] == "access")
+            .map(|v| v["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let wait_for = |path: &std::path::Path, id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if access_ids(path).iter().any(|i| i == id) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let first = post_messages(&relay, &message_body("m", false), &[]).await;
+    let first_id = first.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        wait_for(&log, &first_id),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+
+    std::fs::rename(&log, &rotated).unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !log.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = post_messages(&relay, &message_body("m", false), &[]).await;
+    let second_id = second.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        wait_for(&log, &second_id),
+        "the new file did not get the line"
+    );
+    assert_eq!(access_ids(&rotated), [first_id]);
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("SIGUSR1: log files reopened"));
+}

@@ -5,10 +5,14 @@
 //!
 //! On when the log level lets `info` through for the `cc_relay::access` target (so `RUST_LOG`
 //! and `logging.level` switch it like any log line); `logging.format` picks JSON lines or
-//! `key=value` text, `logging.output` stdout or stderr.
+//! `key=value` text, `logging.output` stdout, stderr or a file (reopened on SIGUSR1, for
+//! logrotate: the writer opens it again before its next line).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
@@ -39,9 +43,12 @@ pub struct AccessEntry<'a> {
 
 struct Writer {
     sender: SyncSender<Vec<u8>>,
-    /// How lines look and where they go, set from `logging.*`.
+    /// How lines look, set from `logging.*`.
     json: AtomicBool,
-    stdout: AtomicBool,
+    /// Where they go (`stdout`, `stderr` or a path), read by the writer thread only.
+    output: ArcSwap<String>,
+    /// Bumped to make the writer open its output again (a new config, SIGUSR1).
+    generation: AtomicU64,
 }
 
 static WRITER: Lazy<Writer> = Lazy::new(|| {
@@ -55,14 +62,17 @@ static WRITER: Lazy<Writer> = Lazy::new(|| {
     Writer {
         sender,
         json: AtomicBool::new(false),
-        stdout: AtomicBool::new(false),
+        output: ArcSwap::from_pointee("stderr".to_owned()),
+        generation: AtomicU64::new(0),
     }
 });
 
-/// Set the format (`json`) and output (`stdout`) from `logging.*`; also at every reload.
+/// Set the format and the output from `logging.*` (at start, every reload and SIGUSR1: the
+/// output is opened again).
 pub fn configure(logging: &crate::config::LoggingConfig) {
     WRITER.json.store(logging.format == "json", Relaxed);
-    WRITER.stdout.store(logging.output == "stdout", Relaxed);
+    WRITER.output.store(Arc::new(logging.output.clone()));
+    WRITER.generation.fetch_add(1, Relaxed);
 }
 
 /// Whether access lines are wanted now.
@@ -72,15 +82,12 @@ pub fn enabled() -> bool {
 
 /// Format `entry` and hand it to the writer; never blocks.
 pub fn record(entry: &AccessEntry<'_>) {
-    let (json, stdout) = (WRITER.json.load(Relaxed), WRITER.stdout.load(Relaxed));
-    let mut line = if json {
+    let mut line = if WRITER.json.load(Relaxed) {
         json_line(entry)
     } else {
         text_line(entry)
     };
     line.push(b'\n');
-    // The first byte says where the line goes.
-    line.insert(0, u8::from(stdout));
     match WRITER.sender.try_send(line) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -141,24 +148,37 @@ fn text_line(e: &AccessEntry<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The writer thread: write what arrives, flush when nothing more is waiting.
+/// The writer thread: (re)open the output when told to, write what arrives, flush when
+/// nothing more is waiting.
 fn drain(receiver: Receiver<Vec<u8>>) {
-    let mut out = std::io::BufWriter::new(std::io::stdout());
-    let mut err = std::io::BufWriter::new(std::io::stderr());
+    let mut seen = u64::MAX;
+    let mut sink: Box<dyn Write> = Box::new(std::io::sink());
     while let Ok(line) = receiver.recv() {
+        let generation = WRITER.generation.load(Relaxed);
+        if generation != seen {
+            let _ = sink.flush();
+            sink = open(&WRITER.output.load());
+            seen = generation;
+        }
         let mut next = Some(line);
         while let Some(line) = next.take() {
-            let (to_stdout, text) = line
-                .split_first()
-                .map_or((false, &[][..]), |(f, t)| (*f == 1, t));
-            let _ = if to_stdout {
-                out.write_all(text)
-            } else {
-                err.write_all(text)
-            };
+            let _ = sink.write_all(&line);
             next = receiver.try_recv().ok();
         }
-        let _ = out.flush();
-        let _ = err.flush();
+        let _ = sink.flush();
+    }
+}
+
+fn open(output: &str) -> Box<dyn Write> {
+    match output {
+        "stdout" => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        "stderr" => Box::new(std::io::BufWriter::new(std::io::stderr())),
+        path => match crate::lifecycle::open_log_file(path) {
+            Ok(file) => Box::new(std::io::BufWriter::new(file)),
+            Err(e) => {
+                log::error!("access log: cannot open {path}: {e}; writing to stderr");
+                Box::new(std::io::BufWriter::new(std::io::stderr()))
+            }
+        },
     }
 }

@@ -692,10 +692,16 @@ fn logging_rules() {
     );
     assert!(one_error(&format!("{ONE}logging:\n  format: xml\n"))
         .starts_with("logging.format: unknown format \"xml\" (one of: text, json)"));
-    assert!(
-        one_error(&format!("{ONE}logging:\n  output: /var/log/relay.log\n"))
-            .starts_with("logging.output: must be stdout or stderr")
+    assert_eq!(
+        load(&format!("{ONE}logging:\n  output: /tmp/relay.log\n"))
+            .logging
+            .output,
+        "/tmp/relay.log"
     );
+    assert!(one_error(&format!(
+        "{ONE}logging:\n  output: /no/such/dir/relay.log\n"
+    ))
+    .starts_with("logging.output: must be stdout, stderr or a file in an existing directory"));
 }
 
 #[test]

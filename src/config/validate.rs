@@ -1011,13 +1011,25 @@ fn logging(raw: RawLogging, c: &mut Ctx) -> LoggingConfig {
         Some(o) if o.eq_ignore_ascii_case("stdout") || o.eq_ignore_ascii_case("stderr") => {
             o.to_ascii_lowercase()
         }
-        Some(_) => {
-            c.error(
-                "logging.output",
-                "must be stdout or stderr (log files are not written by the relay itself; \
-                 redirect the output, or run it under systemd/journald)",
-            );
-            "stderr".to_string()
+        // A file, appended to (and reopened on SIGUSR1, for logrotate). Its directory must
+        // exist: the relay creates files, not directories.
+        Some(path) => {
+            let dir = std::path::Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                c.error(
+                    "logging.output",
+                    format!(
+                        "must be stdout, stderr or a file in an existing directory; {} does not \
+                         exist",
+                        dir.map(|d| d.display().to_string()).unwrap_or_default()
+                    ),
+                );
+                "stderr".to_string()
+            } else {
+                path.to_string()
+            }
         }
     };
     LoggingConfig {

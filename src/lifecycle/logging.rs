@@ -34,6 +34,14 @@ pub fn init_logging(logging: &config::LoggingConfig) {
     log::set_max_level(max_level);
 }
 
+/// A log file, appended to (created when missing: after logrotate moved it away).
+pub fn open_log_file(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Whether `RUST_LOG` decides the level instead of `logging.level`.
 pub fn level_overridden() -> bool {
     std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty())
@@ -55,10 +63,16 @@ fn build(logging: &config::LoggingConfig, rust_log: &str) -> env_logger::Logger 
         }
     }
     builder.parse_filters(rust_log);
-    builder.target(if logging.output == "stdout" {
-        env_logger::Target::Stdout
-    } else {
-        env_logger::Target::Stderr
+    builder.target(match logging.output.as_str() {
+        "stdout" => env_logger::Target::Stdout,
+        "stderr" => env_logger::Target::Stderr,
+        path => match open_log_file(path) {
+            Ok(file) => env_logger::Target::Pipe(Box::new(file)),
+            Err(e) => {
+                eprintln!("cc-relay: cannot open log file {path}: {e}; logging to stderr");
+                env_logger::Target::Stderr
+            }
+        },
     });
     if logging.format == "json" {
         builder.format(|buf, record| {

@@ -39,7 +39,7 @@ use crate::config::{self, ConfigError, ConfigSource};
 use crate::proxy::{shared, Relay, RuntimeState};
 
 pub use client::{send_reload, send_upgrade};
-pub use logging::init_logging;
+pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf};
 

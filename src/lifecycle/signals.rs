@@ -9,8 +9,10 @@ pub(super) fn ignore_sighup() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_IGN installs no handler code; nothing else in the process relies on the
     // previous disposition at this point of start-up.
+    // SIGUSR1 (reopen the log files) likewise: its default action ends the process.
     unsafe {
         let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGUSR1, SigHandler::SigIgn);
     }
 }
 

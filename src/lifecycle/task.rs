@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::logging::init_logging;
 use super::pidfile::{remove_pid_file_if_ours, write_pid_file};
 use super::reload::reload_from;
 use super::server::{wait_listening, LISTEN_WAIT};
@@ -43,11 +44,12 @@ impl BackgroundService for LifecycleTask {
             Ok::<_, std::io::Error>((
                 signal(SignalKind::hangup())?,
                 signal(SignalKind::user_defined2())?,
+                signal(SignalKind::user_defined1())?,
                 signal(SignalKind::quit())?,
                 signal(SignalKind::terminate())?,
             ))
         })();
-        let (mut hangup, mut usr2, mut quit, mut term) = match signals {
+        let (mut hangup, mut usr2, mut usr1, mut quit, mut term) = match signals {
             Ok(s) => s,
             Err(e) => {
                 log::error!("cannot listen for signals, reload and upgrade are off: {e}");
@@ -88,6 +90,11 @@ impl BackgroundService for LifecycleTask {
                 // `Some` only: a signal stream yields `None` for ever once the runtime is
                 // shutting down, which must not turn into a loop of reloads or upgrades.
                 Some(()) = hangup.recv() => self.reload().await,
+                // logrotate moved the log file away: open the configured one again.
+                Some(()) = usr1.recv() => {
+                    init_logging(&self.state.current.load().config.logging);
+                    log::info!("SIGUSR1: log files reopened");
+                }
                 Some(()) = usr2.recv() => {
                     upgrade::hand_over(&self.exe, self.config_path.as_deref(), &self.upgrade_sock)
                         .await
