@@ -46,6 +46,21 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print a running relay's status: providers, circuits, each key's budget by id.
+    Status {
+        /// The relay's base URL. Default: from the config's `server.listen`.
+        #[arg(long)]
+        url: Option<String>,
+        /// The relay's key (else CC_RELAY_API_KEY, else the config's `server.auth.api_key`).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Config file to take the address and key from (as `serve` finds it).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Print the status as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -91,6 +106,26 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Status {
+            url,
+            api_key,
+            config,
+            json,
+        } => {
+            let status = lifecycle::StatusTarget::resolve(url, api_key, config.as_deref())
+                .and_then(|target| target.fetch());
+            match status {
+                Ok(status) if json => {
+                    println!("{status}");
+                    ExitCode::SUCCESS
+                }
+                Ok(status) => {
+                    print!("{}", lifecycle::render_table(&status));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Upgrade { config } => match lifecycle::send_upgrade(&config) {
             Ok(message) => {
                 println!("{message}");

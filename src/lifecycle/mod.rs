@@ -23,6 +23,7 @@ mod pidfile;
 mod reload;
 mod server;
 mod signals;
+mod status;
 mod systemd;
 mod task;
 mod upgrade;
@@ -42,6 +43,7 @@ pub use client::{send_reload, send_upgrade};
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf};
+pub use status::{render_table, StatusTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -64,6 +66,8 @@ pub enum LifecycleError {
     UpgradeUnconfirmed(Duration),
     #[error("the relay rejected the new config and keeps serving the old one:\n{0}")]
     ReloadRejected(String),
+    #[error("{0}")]
+    Status(String),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Listen {
         addr: SocketAddr,

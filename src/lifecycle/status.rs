@@ -1,0 +1,149 @@
+//! `cc-relay status`: a running relay's `/status` as a table (providers, circuits, each key
+//! by id with bars for what is left of its limits, cooldowns, in flight), or as JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::server::loopback_of;
+use super::LifecycleError;
+use crate::config;
+
+/// Where the relay is and how to authenticate to it.
+pub struct StatusTarget {
+    pub url: String,
+    pub api_key: Option<String>,
+}
+
+impl StatusTarget {
+    /// `--url` / `--api-key` (else `CC_RELAY_API_KEY`), filling in from the config: its
+    /// listen address and its `server.auth.api_key`.
+    pub fn resolve(
+        url: Option<String>,
+        api_key: Option<String>,
+        config_path: Option<&Path>,
+    ) -> Result<StatusTarget, LifecycleError> {
+        let api_key = api_key.or_else(|| std::env::var("CC_RELAY_API_KEY").ok());
+        let (url, api_key) = match url {
+            Some(url) => (url, api_key),
+            None => {
+                let (cfg, _) = config::discover(config_path)?;
+                let key = api_key.or_else(|| {
+                    cfg.server
+                        .auth
+                        .api_key
+                        .as_ref()
+                        .map(|k| k.expose().to_owned())
+                });
+                (format!("http://{}", loopback_of(cfg.server.listen)), key)
+            }
+        };
+        Ok(StatusTarget {
+            url: url.trim_end_matches('/').to_owned(),
+            api_key,
+        })
+    }
+
+    /// `GET /status`.
+    pub fn fetch(&self) -> Result<Value, LifecycleError> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .build();
+        let mut request = agent.get(&format!("{}/status", self.url));
+        if let Some(key) = &self.api_key {
+            request = request.set("x-api-key", key);
+        }
+        match request.call() {
+            Ok(response) => response
+                .into_json()
+                .map_err(|e| LifecycleError::Status(format!("the answer is not JSON: {e}"))),
+            Err(ureq::Error::Status(401, _)) => Err(LifecycleError::Status(
+                "the relay refused the credential (give --api-key or CC_RELAY_API_KEY)".into(),
+            )),
+            Err(e) => Err(LifecycleError::Status(format!(
+                "no status from {}: {e}",
+                self.url
+            ))),
+        }
+    }
+}
+
+/// A bar of `width` cells for `remaining` of `limit` (an unknown limit shows as `?`).
+fn bar(remaining: u64, limit: u64, width: usize) -> String {
+    if limit == 0 {
+        return format!("{:<width$}", "?", width = width + 2);
+    }
+    let filled = ((remaining.min(limit) as f64 / limit as f64) * width as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// The status as a table.
+pub fn render_table(status: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "config generation {}  routing {}",
+        status["config_generation"],
+        status["routing"]["strategy"].as_str().unwrap_or("-")
+    );
+    for p in status["providers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "\n{} ({})  circuit {}  in flight {}  keys available {}",
+            p["name"].as_str().unwrap_or("-"),
+            p["type"].as_str().unwrap_or("-"),
+            p["circuit"].as_str().unwrap_or("-"),
+            p["in_flight"],
+            p["keys_available"]
+        );
+        let keys = p["keys"].as_array().cloned().unwrap_or_default();
+        if keys.is_empty() {
+            let _ = writeln!(out, "  (passthrough: the clients' own credentials)");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<22} {:<22} {:<22} {:<10} in flight",
+            "key", "requests", "input tokens", "output tokens", "cooldown"
+        );
+        for k in keys {
+            let dim = |d: &str| {
+                let limit = k[d]["limit"].as_u64().unwrap_or(0);
+                let remaining = k[d]["remaining"].as_u64().unwrap_or(0);
+                format!("{} {}", bar(remaining, limit, 10), remaining)
+            };
+            let cooldown = match (k["disabled"].as_bool(), k["cooling_down_ms"].as_u64()) {
+                (Some(true), _) => "disabled".to_owned(),
+                (_, Some(ms)) => format!("{:.1}s", ms as f64 / 1000.0),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<22} {:<22} {:<22} {:<10} {}",
+                k["id"].as_str().unwrap_or("-"),
+                dim("requests"),
+                dim("input_tokens"),
+                dim("output_tokens"),
+                cooldown,
+                k["in_flight"]
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_show_what_is_left() {
+        assert_eq!(bar(50, 100, 10), "[#####.....]");
+        assert_eq!(bar(100, 100, 4), "[####]");
+        assert_eq!(bar(0, 100, 4), "[....]");
+        assert_eq!(bar(5, 0, 4).trim(), "?");
+    }
+}
