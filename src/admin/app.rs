@@ -56,16 +56,26 @@ impl ServeHttp for AdminApp {
             Err(err) => (err.status(), err.body()),
         };
         let head_only = session.req_header().method == Method::HEAD;
-        let mut response = Response::builder()
-            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::CONTENT_LENGTH, body.len());
+        let mut response = respond(status, "application/json", body.to_vec());
         if status == 405 {
-            response = response.header(http::header::ALLOW, "GET, HEAD");
+            let allow = http::HeaderValue::from_static("GET, HEAD");
+            response.headers_mut().insert(http::header::ALLOW, allow);
         }
-        let body = if head_only { Vec::new() } else { body.to_vec() };
-        response.body(body).expect("a valid response")
+        if head_only {
+            response.body_mut().clear();
+        }
+        response
     }
+}
+
+/// A whole response: status, content type and length, body.
+fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("a valid response")
 }
 
 /// The admin listener as a Pingora service.
@@ -88,27 +98,13 @@ impl ServeHttp for MetricsApp {
         let req = session.req_header();
         if req.uri.path() == self.endpoint && req.method == Method::GET {
             let body = super::metrics::METRICS.render(&self.shared);
-            return Response::builder()
-                .status(StatusCode::OK)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .header(http::header::CONTENT_LENGTH, body.len())
-                .body(body)
-                .expect("a valid response");
+            return respond(200, "text/plain; version=0.0.4; charset=utf-8", body);
         }
         let err = ApiError::NotFound {
             method: req.method.to_string(),
             path: req.uri.path().to_owned(),
         };
-        let body = err.body().to_vec();
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .expect("a valid response")
+        respond(404, "application/json", err.body().to_vec())
     }
 }
 

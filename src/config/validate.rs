@@ -223,6 +223,12 @@ fn weight(v: Option<f64>, default: f64, path: &str, c: &mut Ctx) -> f64 {
     }
 }
 
+/// Whether a credential can travel in an HTTP header as is: visible ASCII only (no space, line
+/// break, control or non-ASCII character, which a pasted key may carry).
+fn header_safe(secret: &str) -> bool {
+    secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {
     match v {
         None => default,
@@ -322,7 +328,7 @@ fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig
 /// client out: refused, without showing it.
 fn client_secret(v: Option<String>, path: &str, c: &mut Ctx) -> Option<Secret> {
     let s = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())?;
-    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+    if !header_safe(&s) {
         c.error(
             path,
             "contains a space, a control character or a non-ASCII character, which no client \
@@ -630,7 +636,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
             }
             // Sent as a header value on every request: refuse what cannot be sent rather than
             // have every request on this key fail. The message never shows the key.
-            Some(s) if !s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(s) if !header_safe(s) => {
                 c.error(
                     format!("{path}.key"),
                     "contains a space, a control character or a non-ASCII character, which an \

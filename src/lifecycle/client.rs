@@ -125,19 +125,34 @@ fn get_json(
     path: &str,
     credential: Option<&(&str, String)>,
 ) -> Option<(u16, serde_json::Value)> {
+    get_url_json(&format!("http://{addr}{path}"), credential).ok()
+}
+
+/// One `GET` to a relay: its status and JSON body, or why there is none (unreachable, not
+/// JSON). Shared by `reload`, `upgrade` and `status`.
+pub(super) fn get_url_json(
+    url: &str,
+    credential: Option<&(&str, String)>,
+) -> Result<(u16, serde_json::Value), String> {
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(1))
-        .timeout(Duration::from_secs(3))
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
         .build();
-    let mut request = agent.get(&format!("http://{addr}{path}"));
+    let mut request = agent.get(url);
     if let Some((name, value)) = credential {
         request = request.set(name, value);
     }
     match request.call() {
-        Ok(response) => Some((response.status(), response.into_json().ok()?)),
-        Err(ureq::Error::Status(status, response)) => {
-            Some((status, response.into_json().unwrap_or_default()))
+        Ok(response) => {
+            let status = response.status();
+            let body = response
+                .into_json()
+                .map_err(|e| format!("the answer from {url} is not JSON: {e}"))?;
+            Ok((status, body))
         }
-        Err(ureq::Error::Transport(_)) => None,
+        Err(ureq::Error::Status(status, response)) => {
+            Ok((status, response.into_json().unwrap_or_default()))
+        }
+        Err(e) => Err(format!("no answer from {url}: {e}")),
     }
 }

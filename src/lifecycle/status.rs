@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
+use super::client::get_url_json;
 use super::server::loopback_of;
 use super::LifecycleError;
 use crate::config;
@@ -48,24 +48,16 @@ impl StatusTarget {
 
     /// `GET /status`.
     pub fn fetch(&self) -> Result<Value, LifecycleError> {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .build();
-        let mut request = agent.get(&format!("{}/status", self.url));
-        if let Some(key) = &self.api_key {
-            request = request.set("x-api-key", key);
-        }
-        match request.call() {
-            Ok(response) => response
-                .into_json()
-                .map_err(|e| LifecycleError::Status(format!("the answer is not JSON: {e}"))),
-            Err(ureq::Error::Status(401, _)) => Err(LifecycleError::Status(
+        let credential = self.api_key.clone().map(|k| ("x-api-key", k));
+        let url = format!("{}/status", self.url);
+        match get_url_json(&url, credential.as_ref()).map_err(LifecycleError::Status)? {
+            (200, status) => Ok(status),
+            (401, _) => Err(LifecycleError::Status(
                 "the relay refused the credential (give --api-key or CC_RELAY_API_KEY)".into(),
             )),
-            Err(e) => Err(LifecycleError::Status(format!(
-                "no status from {}: {e}",
-                self.url
+            (code, body) => Err(LifecycleError::Status(format!(
+                "{url} answered {code}: {}",
+                body["error"]["message"].as_str().unwrap_or("no details")
             ))),
         }
     }

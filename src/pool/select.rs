@@ -228,13 +228,6 @@ impl KeyPool {
         self.acquire(demand, tried)
     }
 
-    /// Whether key `index` could take `demand` now.
-    pub fn key_admits(&self, index: usize, demand: &Demand) -> bool {
-        self.cores
-            .get(index)
-            .is_some_and(|core| core.probe(demand, ns(Instant::now())).is_some())
-    }
-
     /// The load of the key that could best take `demand` now (lower = more capacity left, as
     /// least-loaded selection compares keys), or `None` when no key can.
     pub fn best_load(&self, demand: &Demand, tried: &[usize]) -> Option<u64> {
