@@ -20,11 +20,17 @@ deps-build:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq build-essential >/dev/null; }
 
 # The end-to-end SDK test drives the relay with the official Anthropic Python SDK; the TLS test
-# makes its certificates with the openssl CLI.
+# makes its certificates with the openssl CLI; the status page test loads /ui in headless
+# Chromium.
 deps-test:
 	@command -v openssl >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl >/dev/null; }
+	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (the status page test loads /ui in headless Chromium)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@$(PYTHON) -c "import anthropic" 2>/dev/null || { \
 		echo "installing the anthropic Python SDK (for the SDK end-to-end test)"; \
 		$(PYTHON) -m pip install -q anthropic || $(PYTHON) -m pip install -q --break-system-packages anthropic; }

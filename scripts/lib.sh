@@ -20,9 +20,15 @@ wait_port() {
   return 1
 }
 
-# write_relay_config FILE RELAY_PORT MOCK_PORT THREADS DIR: one key to the mock, no rate limit of
-# its own, warn logging, pid file and upgrade socket in DIR, 1 s grace periods (a stop is quick).
+# write_relay_config FILE RELAY_PORT MOCK_PORT THREADS DIR [ACCESS_LOG_FILE]: one key to the
+# mock, no rate limit of its own, warn logging (with ACCESS_LOG_FILE: info, so the access log is
+# on, as JSON lines to that file), pid file and upgrade socket in DIR, 1 s grace periods (a stop
+# is quick).
 write_relay_config() {
+  local logging="  level: warn"
+  [ -n "${6:-}" ] && logging="  level: info
+  format: json
+  output: \"$6\""
   cat >"$1" <<YAML
 server:
   listen: "127.0.0.1:$2"
@@ -40,7 +46,7 @@ providers:
         key: "sk-bench-1"
         rpm_limit: 0
 logging:
-  level: warn
+$logging
 YAML
 }
 

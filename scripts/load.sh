@@ -13,6 +13,9 @@
 #   mem-sse     MEM_STREAMS (1000) concurrent long SSE streams: the relay's peak RSS (then the
 #               bare Pingora proxy's and nginx's); the relay and the bare proxy are restarted first
 #   soak        SOAK=1: SOAK_DURATION (60) s of sse-2k at 256 connections through the relay
+#   relay-log   ACCESS_LOG=1: one more target, a second relay process with its access log on
+#               (JSON lines to a file), so the log's cost is read against the relay without it
+#               in the same run
 #
 # Fixed rate: oha is not packaged by Debian 12, so the paced runs use wrk with a Lua delay():
 # PACE_CONNS connections each wait a random 0.5..1.5 x (PACE_CONNS*1000/RATE) ms between
@@ -30,7 +33,7 @@
 #      EVENTS (SSE deltas, 5),
 #      SCENARIOS (subset of: json-2k sse-2k sse-76k paced-json paced-sse),
 #      MEM (1 = run mem-sse), MEM_STREAMS (1000), MEM_DURATION (15), MEM_INTERVAL_MS (100),
-#      SOAK (0), SOAK_DURATION (60), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
+#      SOAK (0), SOAK_DURATION (60), ACCESS_LOG (0), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
 #      RELAY_BIN (the relay binary to test; default target/release/cc-relay: A/B two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +44,7 @@ source scripts/lib.sh
 # The settings given in the environment, to record how this run was made.
 OVERRIDES=""
 for v in DURATION REPS CONNS RATE PACE_CONNS THREADS MOCK_THREADS WRK_THREADS LATENCY_MS EVENTS \
-  SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN; do
+  SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN ACCESS_LOG; do
   [ -n "${!v+x}" ] && OVERRIDES+="$v='${!v}' "
 done
 
@@ -64,7 +67,9 @@ SOAK=${SOAK:-0}
 SOAK_DURATION=${SOAK_DURATION:-60}
 OUT=${OUT:-results}
 PLOT=${PLOT:-}
+ACCESS_LOG=${ACCESS_LOG:-0}
 TARGETS="direct pingora relay nginx"
+[ "$ACCESS_LOG" = 1 ] && TARGETS="direct pingora relay relay-log nginx"
 
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -121,7 +126,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r MOCK_PORT RELAY_PORT NGINX_PORT PINGORA_PORT < <(free_ports 4)
+read -r MOCK_PORT RELAY_PORT NGINX_PORT PINGORA_PORT RELAYLOG_PORT < <(free_ports 5)
 
 "$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads "$MOCK_THREADS" \
   --latency-ms "$LATENCY_MS" --events "$EVENTS" >"$DIR/mock.log" 2>&1 &
@@ -142,6 +147,19 @@ stop_relay() {
   reap "$RELAY_PID"
 }
 start_relay
+
+# ACCESS_LOG=1: the same binary with its access log on, as a target of its own.
+RELAYLOG_PID=0
+if [ "$ACCESS_LOG" = 1 ]; then
+  mkdir -p "$DIR/relay-log"
+  write_relay_config "$DIR/relay-log/relay.yaml" "$RELAYLOG_PORT" "$MOCK_PORT" "$THREADS" \
+    "$DIR/relay-log" "$DIR/relay-log/access.log"
+  env -u RUST_LOG -u ANTHROPIC_API_KEY "$RELAY_BIN" serve --config "$DIR/relay-log/relay.yaml" \
+    >>"$DIR/relay-log/relay.log" 2>&1 &
+  RELAYLOG_PID=$!
+  PIDS+=("$RELAYLOG_PID")
+  wait_port "$RELAYLOG_PORT" || die "relay-log did not start: $(cat "$DIR/relay-log/relay.log")"
+fi
 
 # The bare Pingora proxy: the relay's server settings, none of its logic.
 start_pingora() {
@@ -271,6 +289,7 @@ url_of() {
     direct) echo "http://127.0.0.1:$MOCK_PORT/v1/messages" ;;
     pingora) echo "http://127.0.0.1:$PINGORA_PORT/v1/messages" ;;
     relay) echo "http://127.0.0.1:$RELAY_PORT/v1/messages" ;;
+    relay-log) echo "http://127.0.0.1:$RELAYLOG_PORT/v1/messages" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/messages" ;;
   esac
 }
@@ -289,21 +308,23 @@ run_one() {
   ((conns >= 512 && threads < 2)) && threads=2
   local np; np=$(nginx_pids)
   # shellcheck disable=SC2086
-  reset_hwm "$RELAY_PID" "$PINGORA_PID" "$MOCK_PID" $np
+  reset_hwm "$RELAY_PID" "$PINGORA_PID" "$MOCK_PID" "$RELAYLOG_PID" $np
+  local l0 l1; l0=$(cpu_ticks "$RELAYLOG_PID")
   local r0 g0 n0 m0; r0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks "$PINGORA_PID")
   n0=$(cpu_ticks $np); m0=$(cpu_ticks "$MOCK_PID")
   local out
   out=$(LOAD_BODY="$DIR/$body.json" LOAD_PACE_MS="$pace" LOAD_EVENT_INTERVAL_MS="$interval" \
     LOAD_EVENTS="$events" wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 30s \
     -s "$DIR/load.lua" "$(url_of "$target")" 2>&1) || die "wrk failed: $out"
+  l1=$(cpu_ticks "$RELAYLOG_PID")
   local r1 g1 n1 m1; r1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks "$PINGORA_PID")
   n1=$(cpu_ticks $np); m1=$(cpu_ticks "$MOCK_PID")
   local wrk_json; wrk_json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
   [ -n "$wrk_json" ] || die "no result from wrk: $out"
-  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"pingora":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"pingora":%d,"nginx":%d,"mock":%d}}\n' \
+  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d}}\n' \
     "$scenario" "$target" "$rep" "$body" "$conns" "$dur" "$pace" "$wrk_json" \
-    $((r1 - r0)) $((g1 - g0)) $((n1 - n0)) $((m1 - m0)) \
-    "$(hwm_kb "$RELAY_PID")" "$(hwm_kb "$PINGORA_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
+    $((r1 - r0)) $((l1 - l0)) $((g1 - g0)) $((n1 - n0)) $((m1 - m0)) \
+    "$(hwm_kb "$RELAY_PID")" "$(hwm_kb "$RELAYLOG_PID")" "$(hwm_kb "$PINGORA_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
   python3 - "$RUNS" <<'PY' >&2
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1]); w = r["wrk"]

@@ -13,9 +13,10 @@ import shutil
 import statistics
 import sys
 
-TARGETS = ["direct", "pingora", "relay", "nginx"]
+# relay-log: the relay with its access log on, written to a file (ACCESS_LOG=1).
+TARGETS = ["direct", "pingora", "relay", "relay-log", "nginx"]
 # Targets that are proxies: their CPU and peak RSS are recorded.
-PROXIES = ("pingora", "relay", "nginx")
+PROXIES = ("pingora", "relay", "relay-log", "nginx")
 
 
 def derive(run, clk_tck):
@@ -23,7 +24,7 @@ def derive(run, clk_tck):
     secs = w["duration_us"] / 1e6
     n = max(w["requests"], 1)
     proxy = run["target"] if run["target"] in PROXIES else None
-    ticks = run["cpu_ticks"][proxy] if proxy else 0
+    ticks = run["cpu_ticks"].get(proxy, 0) if proxy else 0
     return {
         "rps": w["requests"] / secs,
         "p50_us": w["p50_us"],
@@ -35,7 +36,7 @@ def derive(run, clk_tck):
         # requests.
         "proxy_cpu_s_per_1k": (ticks / clk_tck) / n * 1000 if proxy else None,
         "mock_cpu_s_per_1k": (run["cpu_ticks"]["mock"] / clk_tck) / n * 1000,
-        "proxy_peak_rss_mb": run["hwm_kb"][proxy] / 1024 if proxy else None,
+        "proxy_peak_rss_mb": run["hwm_kb"].get(proxy, 0) / 1024 if proxy else None,
     }
 
 
@@ -131,6 +132,21 @@ def markdown(meta, summary, checks):
                 fmt(c["p50_us"] - d["p50_us"] if d and t != "direct" else None, "+.0f"),
                 fmt(c["p99_us"] - d["p99_us"] if d and t != "direct" else None, "+.0f")))
     L.append("")
+    log_cost = [(scen, cells["relay"], cells["relay-log"]) for scen, cells in summary.items()
+                if "relay" in cells and "relay-log" in cells]
+    if log_cost:
+        L.append("The access log's cost: the relay with its access log on (JSON lines to a file) "
+                 "against the same build with it off, alternated in this run.\n")
+        L.append("| scenario | req/s off | req/s on | on/off | CPU s/1k off | CPU s/1k on | "
+                 "on/off |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for scen, off, on in log_cost:
+            L.append(("|" + " {} |" * 7).format(
+                scen, fmt(off["rps"], ",.0f"), fmt(on["rps"], ",.0f"),
+                fmt(ratio(on["rps"], off["rps"]), ".3f"),
+                fmt(off["proxy_cpu_s_per_1k"], ".3f"), fmt(on["proxy_cpu_s_per_1k"], ".3f"),
+                fmt(ratio(on["proxy_cpu_s_per_1k"], off["proxy_cpu_s_per_1k"]), ".3f")))
+        L.append("")
     if checks:
         L.append("| target | value | met |")
         L.append("|---|---:|:---:|")
@@ -153,7 +169,8 @@ def plot(summary, meta, path):
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return False
-    colors = {"direct": "#9e9e9e", "pingora": "#ff7f0e", "relay": "#1f77b4", "nginx": "#2ca02c"}
+    colors = {"direct": "#9e9e9e", "pingora": "#ff7f0e", "relay": "#1f77b4", "relay-log": "#9467bd",
+              "nginx": "#2ca02c"}
     thr = [s for s in summary if s.startswith(("json", "sse"))]
     paced = [s for s in summary if s.startswith("paced")]
     if not thr and not paced:

@@ -58,8 +58,14 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Print the status as JSON (for scripts).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the status live in the terminal until `q`.
+        #[arg(short, long)]
+        watch: bool,
+        /// How often --watch polls the relay.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
     /// Print the version.
     Version,
@@ -111,9 +117,17 @@ fn main() -> ExitCode {
             api_key,
             config,
             json,
+            watch,
+            interval,
         } => {
-            let status = lifecycle::StatusTarget::resolve(url, api_key, config.as_deref())
-                .and_then(|target| target.fetch());
+            let target = lifecycle::StatusTarget::resolve(url, api_key, config.as_deref());
+            if watch {
+                return match target.and_then(|t| lifecycle::watch(&t, interval)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                };
+            }
+            let status = target.and_then(|target| target.fetch());
             match status {
                 Ok(status) if json => {
                     println!("{status}");

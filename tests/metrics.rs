@@ -144,6 +144,33 @@ async fn metrics_count_requests_tokens_and_follow_each_keys_budget() {
     })
     .await;
     assert!(!text.contains("sk-metrics-secret") && !text.contains("relay-metrics-secret"));
+    let defined = defined_metric_names();
+    for sample in &after {
+        assert!(
+            defined.contains(family_of(&sample.name)),
+            "{} is exported but not found in src/admin/metrics.rs",
+            sample.name
+        );
+    }
+    // Each of the three attempts went out on a connection, new or reused; the requests
+    // dimension refills within its minute.
+    let connections: f64 = ["true", "false"]
+        .iter()
+        .map(|reused| {
+            value(
+                &after,
+                "cc_relay_upstream_connections_total",
+                &[("provider", "pool"), ("reused", reused)],
+            )
+        })
+        .sum();
+    assert_eq!(connections, 3.0);
+    let reset = value(
+        &after,
+        "cc_relay_key_reset_seconds",
+        &[("key", "k1"), ("dimension", "requests")],
+    );
+    assert!(reset > 0.0 && reset <= 60.0, "{reset}");
     let proxied = [
         ("provider", "pool"),
         ("key", "k1"),
@@ -273,4 +300,73 @@ async fn metrics_count_requests_tokens_and_follow_each_keys_budget() {
         .await
         .unwrap();
     assert_eq!(allowed.status(), 200);
+}
+
+/// Every `cc_relay_*` metric name `src/admin/metrics.rs` registers.
+fn defined_metric_names() -> std::collections::BTreeSet<String> {
+    let source = include_str!("../src/admin/metrics.rs");
+    metric_names(source)
+        .into_iter()
+        .filter(|n| source.contains(&format!("\"{n}\"")))
+        .collect()
+}
+
+/// The `cc_relay_*` names in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("cc_relay_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// A histogram's series name without its `_bucket`, `_sum` or `_count`.
+fn family_of(series: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| series.strip_suffix(suffix))
+        .unwrap_or(series)
+}
+
+#[test]
+fn the_grafana_dashboard_charts_every_metric_and_only_those_the_relay_defines() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/grafana/cc-relay-dashboard.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = String::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate panel id"
+        );
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let used: std::collections::BTreeSet<String> = metric_names(&exprs)
+        .iter()
+        .map(|n| family_of(n).to_owned())
+        .collect();
+    let defined = defined_metric_names();
+    assert!(defined.len() >= 15, "{defined:?}");
+    let unknown: Vec<_> = used.difference(&defined).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard charts undefined metrics {unknown:?}"
+    );
+    let uncharted: Vec<_> = defined.difference(&used).collect();
+    assert!(
+        uncharted.is_empty(),
+        "the dashboard leaves out {uncharted:?}"
+    );
 }

@@ -9,7 +9,8 @@ use pingora::services::listening::Service;
 
 use crate::proxy::{authenticate_client, client_ip, ApiError, SharedState};
 
-/// Serves `/health` (open) and `/status` (behind `server.auth`, as on the client listener).
+/// Serves `/health` (open), `/status` (behind `server.auth`, as on the client listener) and the
+/// status page's files (open: the page asks for the key before it reads `/status`).
 pub struct AdminApp {
     shared: SharedState,
 }
@@ -21,18 +22,18 @@ impl AdminApp {
 
     fn answer(&self, session: &ServerSession) -> Result<Bytes, ApiError> {
         let req = session.req_header();
-        let path = req.uri.path();
-        let path = path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path);
+        let path = route_path(req.uri.path());
         let state = self.shared.current.load();
         let readable = req.method == Method::GET || req.method == Method::HEAD;
         match path {
-            "/health" | "/status" if !readable => Err(ApiError::MethodNotAllowed {
-                method: req.method.to_string(),
-                path: path.to_owned(),
-            }),
+            _ if !readable
+                && (matches!(path, "/health" | "/status") || super::ui::asset(path).is_some()) =>
+            {
+                Err(ApiError::MethodNotAllowed {
+                    method: req.method.to_string(),
+                    path: path.to_owned(),
+                })
+            }
             "/health" => Ok(super::health_body(&state)),
             "/status" => {
                 let ip = client_ip(session.client_addr());
@@ -51,6 +52,27 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = route_path(req.uri.path());
+        if let (Some(asset), &Method::GET | &Method::HEAD) = (super::ui::asset(path), &req.method) {
+            let body = if req.method == Method::HEAD {
+                Vec::new()
+            } else {
+                asset.body.to_vec()
+            };
+            let mut response = respond(200, asset.content_type, body);
+            if req.method == Method::HEAD {
+                let length = http::HeaderValue::from(asset.body.len());
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, length);
+            }
+            for (name, value) in super::ui::HEADERS {
+                let value = http::HeaderValue::from_static(value);
+                response.headers_mut().insert(name, value);
+            }
+            return response;
+        }
         let (status, body) = match self.answer(session) {
             Ok(body) => (200, body),
             Err(err) => (err.status(), err.body()),
@@ -66,6 +88,13 @@ impl ServeHttp for AdminApp {
         }
         response
     }
+}
+
+/// A path as routes are matched: without a trailing slash (`/` stays `/`).
+pub fn route_path(path: &str) -> &str {
+    path.strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path)
 }
 
 /// A whole response: status, content type and length, body.

@@ -78,6 +78,7 @@ pub struct EventMetrics {
     ttfb: HistogramVec,
     overhead: Histogram,
     reloads: IntCounterVec,
+    upstream_connections: IntCounterVec,
     in_flight: IntGauge,
     access_log_dropped: IntCounter,
 }
@@ -90,6 +91,23 @@ pub struct KeyHandles {
     tokens: [IntCounter; 4],
     duration: Histogram,
     ttfb: Histogram,
+}
+
+/// A provider's upstream connections (new, reused), resolved once per provider.
+#[derive(Default)]
+pub struct ConnectionHandles(OnceCell<[IntCounter; 2]>);
+
+impl ConnectionHandles {
+    pub fn record(&self, provider: &str, reused: bool) {
+        let handles = self.0.get_or_init(|| {
+            ["false", "true"].map(|reused| {
+                METRICS
+                    .upstream_connections
+                    .with_label_values(&[provider, reused])
+            })
+        });
+        handles[usize::from(reused)].inc();
+    }
 }
 
 pub static METRICS: Lazy<EventMetrics> = Lazy::new(EventMetrics::new);
@@ -163,6 +181,12 @@ impl EventMetrics {
             "Configuration reloads, by result.",
             &["result"],
         );
+        let upstream_connections = counter(
+            "cc_relay_upstream_connections_total",
+            "Connections to upstreams an attempt went out on, by provider and whether it was \
+             reused from the pool (a new one costs a TCP and TLS handshake).",
+            &["provider", "reused"],
+        );
         let in_flight = IntGauge::new("cc_relay_requests_in_flight", "Proxied requests in flight.")
             .expect("valid metric");
         registry
@@ -192,6 +216,7 @@ impl EventMetrics {
             ttfb,
             overhead,
             reloads,
+            upstream_connections,
             in_flight,
             access_log_dropped,
         }
@@ -314,6 +339,15 @@ impl StateCollector<'_> {
             "What a key has left now, by dimension.",
             &["provider", "key", "dimension"],
         );
+        let full_in = prometheus::GaugeVec::new(
+            Opts::new(
+                "cc_relay_key_reset_seconds",
+                "Time until a key's dimension is full again (its reset; 0 when it is full or \
+                 its limit unknown).",
+            ),
+            &["provider", "key", "dimension"],
+        )
+        .expect("valid metric");
         let cooldown = prometheus::GaugeVec::new(
             Opts::new(
                 "cc_relay_key_cooldown_seconds",
@@ -369,6 +403,9 @@ impl StateCollector<'_> {
                     remaining
                         .with_label_values(&[name, id, dimension])
                         .set(d.remaining as i64);
+                    full_in
+                        .with_label_values(&[name, id, dimension])
+                        .set(d.full_in.as_secs_f64());
                 }
                 let cooling = s.cooling_for.unwrap_or_default();
                 cooldown
@@ -393,9 +430,10 @@ impl StateCollector<'_> {
         }
         let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
         METRICS.in_flight.set(in_flight as i64);
-        let collectors: [&dyn Collector; 7] = [
+        let collectors: [&dyn Collector; 8] = [
             &limit,
             &remaining,
+            &full_in,
             &cooldown,
             &key_in_flight,
             &key_state,

@@ -5,16 +5,18 @@
 //! ([`AdminApp`], a Pingora `ServeHttp` service) with the same authentication.
 
 pub mod access_log;
+pub mod activity;
 mod app;
 pub mod metrics;
+pub mod ui;
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-pub use app::{admin_service, metrics_service, AdminApp, MetricsApp};
+pub use app::{admin_service, metrics_service, route_path, AdminApp, MetricsApp};
 
-use crate::pool::KeySnapshot;
+use crate::pool::{DimensionSnapshot, KeySnapshot};
 use crate::proxy::{ProviderRuntime, RuntimeState, Shared};
 
 /// `GET /health` (no auth): liveness and the config generation, nothing else. Why a reload
@@ -43,9 +45,9 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                         "forbidden_strikes": s.forbidden_strikes,
                         "cooling_down_ms": s.cooling_for.map(|d| d.as_millis() as u64),
                         "in_flight": s.in_flight,
-                        "requests": {"limit": s.requests.limit, "remaining": s.requests.remaining},
-                        "input_tokens": {"limit": s.input_tokens.limit, "remaining": s.input_tokens.remaining},
-                        "output_tokens": {"limit": s.output_tokens.limit, "remaining": s.output_tokens.remaining},
+                        "requests": dimension(&s.requests),
+                        "input_tokens": dimension(&s.input_tokens),
+                        "output_tokens": dimension(&s.output_tokens),
                     })
                 })
                 .collect();
@@ -65,8 +67,13 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             })
         })
         .collect();
+    let now = activity::unix_now();
+    let recent_errors = shared.activity.recent_errors();
+    let recent_errors: Vec<&activity::ErrorRecord> = recent_errors.iter().map(|e| &**e).collect();
     Bytes::from(
         serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "now_ms": now.as_millis() as u64,
             "config_generation": state.generation,
             "routing": {"strategy": state.config.routing.strategy.as_str()},
             "reload": {
@@ -74,9 +81,23 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "last_error": shared.last_reload_error.load().as_deref(),
             },
             "providers": providers,
+            "activity": {
+                "slot_seconds": activity::SLOT_SECS,
+                "slots": shared.activity.slots(now.as_secs()),
+            },
+            "recent_errors": recent_errors,
         })
         .to_string(),
     )
+}
+
+/// One budget dimension of a key in `/status`.
+fn dimension(d: &DimensionSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "limit": d.limit,
+        "remaining": d.remaining,
+        "reset_in_ms": d.full_in.as_millis() as u64,
+    })
 }
 
 /// The live state of each key of `provider`'s pool (none for passthrough).

@@ -27,6 +27,7 @@ mod status;
 mod systemd;
 mod task;
 mod upgrade;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf};
 pub use status::{render_table, StatusTarget};
+pub use watch::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {

@@ -289,6 +289,15 @@ impl Bucket {
         (free as u128 * limit as u128 / WINDOW_NS as u128) as u64
     }
 
+    /// Nanoseconds from `now` until the bucket is full again (0 when it is, or the limit is
+    /// unknown): the upstream's reset when it said nothing is left, else the refill.
+    pub fn full_in(&self, now: u64) -> u64 {
+        if self.limit() == 0 {
+            return 0;
+        }
+        self.tat.load(Relaxed).max(self.hold()).saturating_sub(now)
+    }
+
     /// Nanoseconds from `now` until `tokens` would fit (0 if they fit now).
     pub fn wait(&self, tokens: u64, now: u64) -> u64 {
         let hold = self.hold.load(Relaxed);

@@ -387,6 +387,7 @@ impl KeyState {
         let dimension = |i: usize| DimensionSnapshot {
             limit: core.buckets[i].limit(),
             remaining: core.buckets[i].remaining(now),
+            full_in: Duration::from_nanos(core.buckets[i].full_in(now)),
         };
         let cooling = core.cooldown_until.load(Relaxed).saturating_sub(now);
         KeySnapshot {
@@ -441,4 +442,6 @@ pub struct DimensionSnapshot {
     pub limit: u64,
     /// Whole units available now; 0 when the limit is unknown.
     pub remaining: u64,
+    /// Until the dimension is full again (its reset); zero when it is or the limit is unknown.
+    pub full_in: Duration,
 }

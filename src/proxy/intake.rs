@@ -38,6 +38,8 @@ pub enum Answer {
     Json(Bytes),
     /// Prometheus' text exposition.
     Metrics(Bytes),
+    /// A file of the status page.
+    Asset(&'static crate::admin::ui::Asset),
 }
 
 impl From<ApiError> for Step {
@@ -102,6 +104,7 @@ pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) 
         Endpoint::Status => crate::admin::status_body(state, shared),
         Endpoint::Models => super::local::models_body(state),
         Endpoint::Providers => crate::admin::providers_body(state),
+        Endpoint::Ui(asset) => return Step::Respond(Answer::Asset(asset)),
         Endpoint::Metrics if state.config.metrics.enabled => {
             return Step::Respond(Answer::Metrics(Bytes::from(
                 crate::admin::metrics::METRICS.render(shared),

@@ -20,6 +20,8 @@ pub enum Endpoint {
     Providers,
     /// `GET /metrics` (when `metrics.enabled`): Prometheus' text format, behind `server.auth`.
     Metrics,
+    /// `GET /ui` and its script and style sheet: the status page (it asks for `/status`).
+    Ui(&'static crate::admin::ui::Asset),
     Messages,
     CountTokens,
     WrongMethod,
@@ -28,10 +30,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn of(method: &Method, path: &str) -> Endpoint {
-        let path = path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path);
+        let path = crate::admin::route_path(path);
         let (route, allowed) = match path {
             "/" => (
                 Endpoint::Root,
@@ -47,7 +46,13 @@ impl Endpoint {
             "/metrics" => (Endpoint::Metrics, *method == Method::GET),
             "/v1/messages" => (Endpoint::Messages, *method == Method::POST),
             "/v1/messages/count_tokens" => (Endpoint::CountTokens, *method == Method::POST),
-            _ => return Endpoint::Unknown,
+            _ => match crate::admin::ui::asset(path) {
+                Some(asset) => (
+                    Endpoint::Ui(asset),
+                    *method == Method::GET || *method == Method::HEAD,
+                ),
+                None => return Endpoint::Unknown,
+            },
         };
         if allowed {
             route
@@ -61,9 +66,10 @@ impl Endpoint {
         matches!(self, Endpoint::Messages | Endpoint::CountTokens)
     }
 
-    /// Whether the route needs the relay's credential (health checks and the preflight don't).
+    /// Whether the route needs the relay's credential (health checks, the preflight and the
+    /// status page's files don't: the page asks for the key before it reads `/status`).
     pub fn needs_auth(self) -> bool {
-        !matches!(self, Endpoint::Root | Endpoint::Health)
+        !matches!(self, Endpoint::Root | Endpoint::Health | Endpoint::Ui(_))
     }
 }
 
@@ -85,9 +91,34 @@ pub async fn respond(
     body: Bytes,
     request_id: &str,
 ) -> pingora::Result<()> {
+    respond_with(session, status, content_type, &[], body, request_id).await
+}
+
+/// A file of the status page, with its security headers.
+pub async fn respond_asset(
+    session: &mut Session,
+    asset: &'static crate::admin::ui::Asset,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let body = Bytes::from_static(asset.body);
+    let headers = &crate::admin::ui::HEADERS;
+    respond_with(session, 200, asset.content_type, headers, body, request_id).await
+}
+
+async fn respond_with(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    headers: &[(&'static str, &'static str)],
+    body: Bytes,
+    request_id: &str,
+) -> pingora::Result<()> {
     let head_only = session.req_header().method == Method::HEAD;
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
     resp.insert_header("content-type", content_type)?;
+    for &(name, value) in headers {
+        resp.insert_header(name, value)?;
+    }
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", request_id)?;
     session

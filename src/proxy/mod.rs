@@ -51,8 +51,8 @@ pub use local::Endpoint;
 pub use request::RequestFacts;
 pub use state::{shared, ProviderRuntime, RuntimeState, Shared, SharedState};
 
-use crate::admin::access_log;
 use crate::admin::metrics::{local_outcome, Outcome, METRICS};
+use crate::admin::{access_log, activity};
 use crate::providers::Verdict;
 use crate::usage::{JsonUsageScanner, SseUsageParser};
 use attempt::Attempt;
@@ -144,9 +144,9 @@ impl Relay {
         }
     }
 
-    /// The request's access log line (before the reservation is settled: it names the key).
-    fn access_line(session: &Session, ctx: &RequestCtx) {
-        let req = session.req_header();
+    /// The status the client got (0: none was written), and the provider and key id that
+    /// answered (`-` for none).
+    fn answered<'a>(session: &Session, ctx: &'a RequestCtx) -> (u16, &'a str, &'a str) {
         let status = ctx
             .local_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
@@ -160,6 +160,35 @@ impl Relay {
             ),
             _ => ("-", "-"),
         };
+        (status, provider, key)
+    }
+
+    /// The request's access log line and its place in the status page's recent past (before
+    /// the reservation is settled: they name the key).
+    fn account(&self, session: &Session, ctx: &RequestCtx) {
+        let (status, provider, key) = Self::answered(session, ctx);
+        let req = session.req_header();
+        // The admin documents (the status page polls /status) are not traffic.
+        if ctx.endpoint.is_proxied() || ctx.local_status.is_some() {
+            let now = activity::unix_now();
+            let activity = &self.shared.activity;
+            activity.record(now.as_secs(), status);
+            if activity::is_error(status) {
+                activity.record_error(activity::ErrorRecord {
+                    at_ms: now.as_millis() as u64,
+                    request_id: ctx.request_id.clone(),
+                    status,
+                    method: req.method.as_str().to_owned(),
+                    path: req.uri.path().chars().take(200).collect(),
+                    provider: provider.to_owned(),
+                    key: key.to_owned(),
+                    attempts: ctx.attempts,
+                });
+            }
+        }
+        if !access_log::enabled() {
+            return;
+        }
         access_log::record(&access_log::AccessEntry {
             request_id: &ctx.request_id,
             client: session.client_addr().map(|a| a.to_string()),
@@ -311,6 +340,10 @@ impl ProxyHttp for Relay {
                 local::respond(session, 200, PROMETHEUS_TEXT, body, &ctx.request_id).await?;
                 Ok(true)
             }
+            Step::Respond(Answer::Asset(asset)) => {
+                local::respond_asset(session, asset, &ctx.request_id).await?;
+                Ok(true)
+            }
             Step::Respond(Answer::Error(err)) => {
                 log::debug!(
                     "{} {} -> {} ({})",
@@ -381,6 +414,22 @@ impl ProxyHttp for Relay {
         peer.options.write_timeout = Some(server.upstream_read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (true, Some(provider)) = (ctx.metrics_on(), ctx.provider()) {
+            provider.connection_metrics.record(provider.name(), reused);
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -722,9 +771,7 @@ impl ProxyHttp for Relay {
         if ctx.metrics_on() {
             Self::record_request(ctx);
         }
-        if access_log::enabled() {
-            Self::access_line(session, ctx);
-        }
+        self.account(session, ctx);
         ctx.settle_reservation();
         // The usage is read again only for the debug line: not when it is filtered out.
         if ctx.endpoint.is_proxied() && log::log_enabled!(log::Level::Debug) {

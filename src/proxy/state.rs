@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue};
 
 use super::auth::AuthThrottle;
-use crate::admin::metrics::KeyHandleCell;
+use crate::admin::metrics::{ConnectionHandles, KeyHandleCell};
 use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
 use crate::providers::{resolve_now, ResolvedAddrs};
@@ -29,6 +29,7 @@ pub struct ProviderRuntime {
     /// Its metric label handles: per key, and for passthrough (resolved on first use).
     pub key_metrics: Vec<KeyHandleCell>,
     pub passthrough_metrics: KeyHandleCell,
+    pub connection_metrics: ConnectionHandles,
     /// Header values built once per config rather than per request (a clone is a reference
     /// count): the upstream's `Host`, per key its credential (marked sensitive) and its id, the
     /// pool size.
@@ -151,6 +152,7 @@ impl RuntimeState {
                 in_flight: old.map_or_else(Default::default, |o| o.in_flight.clone()),
                 key_metrics: p.keys.iter().map(|_| KeyHandleCell::default()).collect(),
                 passthrough_metrics: KeyHandleCell::default(),
+                connection_metrics: ConnectionHandles::default(),
                 config: p.clone(),
                 pool,
                 addrs,
@@ -260,6 +262,8 @@ pub struct Shared {
     pub auth_throttle: AuthThrottle,
     /// Where each session sticks (`routing.sticky_*`); replaced only when its size changes.
     pub sessions: ArcSwap<SessionTable>,
+    /// The recent past for the status page (requests and errors per slot, the last errors).
+    pub activity: crate::admin::activity::Activity,
 }
 
 pub type SharedState = Arc<Shared>;
@@ -275,5 +279,6 @@ pub fn shared(state: RuntimeState) -> SharedState {
             state.config.routing.sticky_max_sessions,
         )),
         current: ArcSwap::from_pointee(state),
+        activity: Default::default(),
     })
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use cc_relay_mock::{Fault, MockConfig, MockUpstream};
 
+pub mod browser;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cc-relay");
 
 /// A port that was free a moment ago.
