@@ -300,6 +300,15 @@ fn metrics(c: &mut Criterion) {
             METRICS.observe_overhead(black_box(Duration::from_micros(60)));
         })
     });
+    // What every request costs the status page (metrics on or off): its count in the current
+    // 10-second slot (the clock read included).
+    let activity = cc_relay::admin::activity::Activity::default();
+    group.bench_function("status_page_slot", |b| {
+        b.iter(|| {
+            let now = cc_relay::admin::activity::unix_now();
+            activity.record(black_box(now.as_secs()), black_box(200));
+        })
+    });
     group.finish();
 }
 
