@@ -3,35 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn run_sdk(relay: &RelayProcess, scenario: &str) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_client.py");
-    let probe = Command::new(&python)
-        .args(["-c", "import anthropic"])
-        .output()
-        .expect("python3 is needed for the SDK test");
-    assert!(
-        probe.status.success(),
-        "the anthropic Python SDK is not installed: run `make deps-test` (or `make test`)"
-    );
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(relay.url(""))
-        .arg(scenario)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK scenario {scenario} failed:\n{}\n{}\nrelay logs:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        relay.logs()
-    );
-}
 
 fn config(mock: &MockUpstream, key_extra: &str) -> String {
     format!(

@@ -240,7 +240,7 @@ const CLOUD_FIELDS: [&str; 12] = [
 ];
 
 /// Go provider types this relay does not implement.
-pub(crate) const CLOUD_TYPES: [&str; 3] = ["bedrock", "vertex", "azure"];
+pub(crate) const CLOUD_TYPES: [&str; 2] = ["bedrock", "vertex"];
 
 static PROVIDER: Node = Map(&[
     ("name", Str),

@@ -341,7 +341,7 @@ fn provider_names() {
     );
     assert_eq!(
         one_error("providers:\n  - name: a\n"),
-        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama)"
+        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama, azure)"
     );
 }
 
@@ -349,17 +349,45 @@ fn provider_names() {
 fn provider_types() {
     assert_eq!(
         one_error("providers:\n  - name: a\n    type: openai\n"),
-        "providers[0].type: unknown provider type \"openai\" (supported: anthropic, zai, minimax, ollama)"
+        "providers[0].type: unknown provider type \"openai\" (supported: anthropic, zai, minimax, ollama, \
+         azure)"
     );
     for (t, kind) in [
         ("anthropic", "anthropic"),
         ("zai", "zai"),
         ("MiniMax", "minimax"),
         ("ollama", "ollama"),
+        ("azure", "azure"),
     ] {
-        let c = load(&format!("providers:\n  - name: a\n    type: {t}\n"));
+        let c = load(&format!(
+            "providers:\n  - name: a\n    type: {t}\n    base_url: http://127.0.0.1:1\n"
+        ));
         assert_eq!(c.providers[0].kind.name(), kind);
     }
+}
+
+#[test]
+fn an_azure_provider_takes_its_base_url_from_its_resource() {
+    let c = load(
+        "providers:\n  - name: f\n    type: azure\n    azure_resource_name: my-res\n    \
+         azure_deployment_id: claude-deploy\n    azure_api_version: 2024-05-01\n    keys:\n      \
+         - key: k\n",
+    );
+    let p = &c.providers[0];
+    assert_eq!(p.base_url.host, "my-res.services.ai.azure.com");
+    assert_eq!(p.base_url.path_prefix, "/anthropic");
+    assert!(p.base_url.tls);
+    assert_eq!(p.default_model.as_deref(), Some("claude-deploy"));
+    assert!(warnings(
+        "providers:\n  - name: f\n    type: azure\n    azure_resource_name: r\n    \
+         azure_api_version: v\n"
+    )
+    .is_empty());
+    assert_eq!(
+        one_error("providers:\n  - name: f\n    type: azure\n    azure_resource_name: a.b/c\n"),
+        "providers[0].azure_resource_name: \"a.b/c\" is not a Foundry resource name (letters, \
+         digits and inner hyphens, at most 63)"
+    );
 }
 
 #[test]
@@ -370,7 +398,7 @@ fn go_cloud_providers() {
             "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n"
         ),
         "providers[1].type: bedrock is not supported by this relay (supported: anthropic, zai, \
-         minimax, ollama); remove the provider or set enabled: false"
+         minimax, ollama, azure); remove the provider or set enabled: false"
     );
     // Disabled (as in the Go example config): skipped with one warning, its fields quietly.
     let (c, w) = load_env(
@@ -1264,13 +1292,14 @@ fn starter_config_commented_examples_load() {
         ("ANTHROPIC_API_KEY_3", "k3"),
         ("ZAI_API_KEY", "z"),
         ("MINIMAX_API_KEY", "m"),
+        ("FOUNDRY_API_KEY", "f"),
     ];
     let (c, _) = match load_env(&uncommented, &env) {
         Ok(r) => r,
         Err(e) => panic!("{e}\n---\n{uncommented}"),
     };
     let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["anthropic", "zai", "minimax", "ollama"]);
+    assert_eq!(names, ["anthropic", "zai", "minimax", "foundry", "ollama"]);
     let keys = &c.providers[0].keys;
     assert_eq!(keys.len(), 3);
     assert_eq!((keys[1].itpm_limit, keys[1].otpm_limit), (20000, 20000));

@@ -135,6 +135,9 @@ pub struct ProviderConfig {
     pub models: Vec<String>,
     /// Exact-match rewrites of the request body's `model` for this provider.
     pub model_mapping: HashMap<String, String>,
+    /// The model sent when `model_mapping` names none (a kind may set it, e.g. azure's
+    /// `azure_deployment_id`).
+    pub default_model: Option<String>,
     pub pooling: PoolingConfig,
     /// Empty = passthrough: the client's own credentials are forwarded unchanged.
     pub keys: Vec<KeyConfig>,

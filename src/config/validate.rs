@@ -417,6 +417,7 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
         let default_base_url = || {
             parse_base_url(kind.default_base_url()).expect("built-in default base URLs are valid")
         };
+        let base_url_given = p.base_url.as_deref().is_some_and(|u| !u.trim().is_empty());
         let base_url = match p.base_url.as_deref().map(str::trim) {
             None | Some("") => default_base_url(),
             Some(u) => parse_base_url(u).unwrap_or_else(|m| {
@@ -445,7 +446,7 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
         };
         let default_weight = keys.first().map_or(1.0, |k| k.weight);
         let weight = weight(p.weight, default_weight, &format!("{path}.weight"), c);
-        let provider = ProviderConfig {
+        let mut provider = ProviderConfig {
             name,
             kind,
             enabled: p.enabled.unwrap_or(true),
@@ -455,12 +456,14 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             base_url,
             models,
             model_mapping,
+            default_model: None,
             pooling,
             keys,
             options: p.options,
         };
         if checked_kind {
-            c.errors.extend(kind.validate(&provider, &path));
+            c.errors
+                .extend(kind.configure(&mut provider, base_url_given, &path));
         }
         out.push(provider);
     }

@@ -87,24 +87,10 @@ impl ProviderKind for AnthropicCompatible {
     }
 
     fn prepare(&self, request: &mut UpstreamRequest<'_>) -> pingora::Result<()> {
-        let header = &mut *request.header;
         if let Some((name, value)) = request.credential {
-            header.insert_header(name.clone(), value.clone())?;
+            request.header.insert_header(name.clone(), value.clone())?;
         }
-        header.insert_header(HOST, request.host.clone())?;
-        header.insert_header(CONTENT_LENGTH, HeaderValue::from(request.body.len()))?;
-        // Always origin form upstream (path and query), whatever form the client used: an
-        // absolute-form target (`POST http://evil.example/v1/messages`) forwarded as is would
-        // let an upstream that routes by the target serve it as another host, pool key and
-        // all. Pingora keeps such a target verbatim for the wire; `set_uri` replaces it.
-        let prefix = &request.base_url.path_prefix;
-        if !prefix.is_empty() {
-            let joined = format!("{prefix}{}", request.origin);
-            header.set_uri(parse_target(&joined)?);
-        } else if header.raw_path() != request.origin.as_bytes() {
-            header.set_uri(parse_target(request.origin)?);
-        }
-        Ok(())
+        prepare_wire(request)
     }
 
     fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
@@ -121,6 +107,27 @@ impl ProviderKind for AnthropicCompatible {
         let value = response.headers.get(http::header::RETRY_AFTER)?;
         parse_retry_after(value.as_bytes(), now)
     }
+}
+
+/// What every kind that speaks Anthropic's wire format does to an attempt's request: `Host`,
+/// `Content-Length` of the body to send, and the target in origin form joined to the base URL's
+/// path prefix.
+pub(super) fn prepare_wire(request: &mut UpstreamRequest<'_>) -> pingora::Result<()> {
+    let header = &mut *request.header;
+    header.insert_header(HOST, request.host.clone())?;
+    header.insert_header(CONTENT_LENGTH, HeaderValue::from(request.body.len()))?;
+    // Always origin form upstream (path and query), whatever form the client used: an
+    // absolute-form target (`POST http://evil.example/v1/messages`) forwarded as is would let
+    // an upstream that routes by the target serve it as another host, pool key and all.
+    // Pingora keeps such a target verbatim for the wire; `set_uri` replaces it.
+    let prefix = &request.base_url.path_prefix;
+    if !prefix.is_empty() {
+        let joined = format!("{prefix}{}", request.origin);
+        header.set_uri(parse_target(&joined)?);
+    } else if header.raw_path() != request.origin.as_bytes() {
+        header.set_uri(parse_target(request.origin)?);
+    }
+    Ok(())
 }
 
 fn parse_target(target: &str) -> pingora::Result<http::Uri> {

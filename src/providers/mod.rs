@@ -13,6 +13,7 @@
 //! peers from the `SocketAddr`s kept fresh in the background.
 
 mod anthropic;
+mod azure;
 mod classify;
 mod resolve;
 
@@ -24,6 +25,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub use anthropic::{AuthStyle, ANTHROPIC, MINIMAX, OLLAMA, ZAI};
+pub use azure::AZURE;
 pub use classify::Verdict;
 pub use resolve::{resolve_now, ResolvedAddrs};
 
@@ -47,9 +49,15 @@ pub trait ProviderKind: Send + Sync + 'static {
         &[]
     }
 
-    /// Checks of a configured provider of this kind beyond the common ones (its own fields,
-    /// combinations), each an error with its field path under `path`.
-    fn validate(&self, _provider: &ProviderConfig, _path: &str) -> Vec<ConfigError> {
+    /// Finish a configured provider of this kind from its own fields (e.g. a base URL derived
+    /// from them when `base_url_given` is false) and check them beyond the common checks, each
+    /// error with its field path under `path`.
+    fn configure(
+        &self,
+        _provider: &mut ProviderConfig,
+        _base_url_given: bool,
+        _path: &str,
+    ) -> Vec<ConfigError> {
         Vec::new()
     }
 
@@ -126,7 +134,13 @@ impl PartialEq for Kind {
 impl Eq for Kind {}
 
 /// Every kind the relay implements, by `type:` name.
-pub static KINDS: &[Kind] = &[Kind(&ANTHROPIC), Kind(&ZAI), Kind(&MINIMAX), Kind(&OLLAMA)];
+pub static KINDS: &[Kind] = &[
+    Kind(&ANTHROPIC),
+    Kind(&ZAI),
+    Kind(&MINIMAX),
+    Kind(&OLLAMA),
+    Kind(&AZURE),
+];
 
 /// The kind named `name` (as written in `type:`, matched case-insensitively).
 pub fn kind_named(name: &str) -> Option<Kind> {

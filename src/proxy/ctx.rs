@@ -108,6 +108,8 @@ pub struct RequestCtx {
     pub upstream_header_at: Option<Instant>,
     pub first_byte: Option<std::time::Duration>,
     pub usage: UsageTracker,
+    /// The provider kind's rewrite of the response body, when its wire format needs one.
+    pub adapter: Option<Box<dyn crate::providers::ResponseAdapter>>,
     pub replay_installed: bool,
     pub slot: Option<ConcurrencySlot>,
 }
@@ -137,6 +139,7 @@ impl RequestCtx {
             upstream_sent_at: None,
             upstream_header_at: None,
             first_byte: None,
+            adapter: None,
             usage: UsageTracker::Off,
             replay_installed: false,
             slot: None,

@@ -314,10 +314,11 @@ pub fn body_for(ctx: &RequestCtx, state: &RuntimeState, provider: &ProviderRunti
     let Some(model) = routed else {
         return ctx.body.clone();
     };
-    let model = provider
-        .config
+    let config = &provider.config;
+    let model = config
         .model_mapping
         .get(model)
+        .or(config.default_model.as_ref())
         .map(String::as_str)
         .unwrap_or(model);
     if Some(model) == ctx.facts.model.as_deref() {

@@ -573,6 +573,12 @@ impl ProxyHttp for Relay {
                 upstream_response,
                 provider.config.kind.classify(status),
             );
+            ctx.adapter = provider.config.kind.response_adapter(upstream_response);
+            if ctx.adapter.is_some() {
+                // The body changes length: send it chunked.
+                upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
         }
 
         if (200..300).contains(&status) {
@@ -620,9 +626,12 @@ impl ProxyHttp for Relay {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        if let Some(adapter) = ctx.adapter.as_mut() {
+            adapter.adapt(body, end_of_stream);
+        }
         if let Some(chunk) = body {
             ctx.usage.feed(chunk);
         }

@@ -130,30 +130,46 @@ impl Browser {
         }
     }
 
+    /// Load `url` and wait until its document has loaded (`Page.navigate` answers as soon as
+    /// the navigation starts, while the old document is still there).
     pub fn navigate(&mut self, url: &str) {
         let result = self.call("Page.navigate", json!({"url": url}));
         assert!(result["errorText"].is_null(), "navigate {url}: {result}");
+        let loaded = format!(
+            "location.href.startsWith({}) && document.readyState === 'complete'",
+            json!(url)
+        );
+        self.wait_for(&loaded, Duration::from_secs(20));
     }
 
-    /// Evaluate `expression` in the page and return its value.
+    /// Evaluate `expression` in the page and return its value (panics if it throws).
     pub fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .unwrap_or_else(|e| panic!("{expression} threw: {e}"))
+    }
+
+    /// Evaluate `expression`: its value, or what it threw.
+    fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self.call(
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
         );
-        assert!(
-            result["exceptionDetails"].is_null(),
-            "{expression} threw: {}",
-            result["exceptionDetails"]
-        );
-        result["result"]["value"].clone()
+        match result.get("exceptionDetails") {
+            Some(e) if !e.is_null() => Err(e.clone()),
+            _ => Ok(result["result"]["value"].clone()),
+        }
     }
 
-    /// Evaluate `expression` until it is truthy (not null, false, 0 or "") and return it.
+    /// Evaluate `expression` until it is truthy (not null, false, 0 or "") and return it; an
+    /// exception counts as not yet (the page may still be loading).
     pub fn wait_for(&mut self, expression: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let value = self.eval(expression);
+            let value = match self.try_eval(expression) {
+                Ok(v) => v,
+                Err(e) if Instant::now() > deadline => panic!("{expression} threw: {e}"),
+                Err(_) => Value::Null,
+            };
             let truthy = match &value {
                 Value::Null | Value::Bool(false) => false,
                 Value::Number(n) => n.as_f64() != Some(0.0),

@@ -319,3 +319,31 @@ pub fn throttled(secs: &str) -> Fault {
         retry_after: Some(secs.into()),
     }
 }
+
+/// Run `scenario` of `tests/sdk/sdk_client.py` (the official Anthropic Python SDK, installed by
+/// `make deps-test`; a missing SDK fails with instructions, never skips) against `relay`.
+pub fn run_sdk(relay: &RelayProcess, scenario: &str) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_client.py");
+    let probe = Command::new(&python)
+        .args(["-c", "import anthropic"])
+        .output()
+        .expect("python3 is needed for the SDK test");
+    assert!(
+        probe.status.success(),
+        "the anthropic Python SDK is not installed: run `make deps-test` (or `make test`)"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(relay.url(""))
+        .arg(scenario)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK scenario {scenario} failed:\n{}\n{}\nrelay logs:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        relay.logs()
+    );
+}

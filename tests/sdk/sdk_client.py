@@ -67,10 +67,46 @@ def failover(client: anthropic.Anthropic) -> None:
         assert final.stop_reason == "end_turn", final.stop_reason
 
 
+def foundry(client: anthropic.Anthropic) -> None:
+    # Through an azure provider pinned to one deployment: JSON, a stream with its exact final
+    # usage, count_tokens; the mock echoes the model it was asked for (the deployment).
+    msg = client.messages.create(model=MODEL, max_tokens=1024, messages=MESSAGES)
+    assert msg.type == "message", msg
+    assert msg.model == "claude-foundry-deployment", msg.model
+    assert msg.usage.output_tokens == 12, msg.usage
+    with client.messages.stream(model=MODEL, max_tokens=64000, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == final.content[0].text and text, (text, final)
+    assert final.usage.output_tokens == 12, final.usage
+    counted = client.messages.count_tokens(model=MODEL, messages=MESSAGES)
+    assert counted.input_tokens > 0, counted
+
+
+def foundry_error(client: anthropic.Anthropic) -> None:
+    # Foundry refuses with an Azure-shaped body; the SDK gets Anthropic's shape.
+    try:
+        client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+    except anthropic.BadRequestError as e:
+        assert e.body["type"] == "error", e.body
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "Azure code 400" in e.body["error"]["message"], e.body
+        return
+    raise AssertionError("expected a 400 from Foundry")
+
+
 def main() -> None:
     base_url, scenario = sys.argv[1], sys.argv[2]
     client = anthropic.Anthropic(base_url=base_url, api_key="client-key", max_retries=0)
-    {"happy": happy, "midstream": midstream, "exhausted": exhausted, "failover": failover}[scenario](client)
+    scenarios = {
+        "happy": happy,
+        "midstream": midstream,
+        "exhausted": exhausted,
+        "failover": failover,
+        "foundry": foundry,
+        "foundry_error": foundry_error,
+    }
+    scenarios[scenario](client)
     print(f"sdk {scenario}: ok")
 
 

@@ -113,3 +113,14 @@ pub(super) fn error_body(status: u16, message: Option<&str>, request_id: &str) -
     });
     Bytes::from(body.to_string())
 }
+
+/// An error as Azure's front door shapes it: `{"error":{"code","message"}}`.
+pub(super) fn azure_error_body(status: u16, message: Option<&str>) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "code": status.to_string(),
+            "message": message.unwrap_or_else(|| default_message(status)),
+        },
+    });
+    Bytes::from(body.to_string())
+}

@@ -41,6 +41,10 @@ pub struct MockConfig {
     pub record: bool,
     /// Limits of credentials without [`MockUpstream::set_key_limits`].
     pub default_limits: KeyLimits,
+    /// Act as Microsoft Foundry's Anthropic endpoint: the API under `/anthropic`, only these
+    /// keys accepted (in `api-key` or `x-api-key`), errors Azure-shaped
+    /// (`{"error":{"code","message"}}`), no `anthropic-ratelimit-*` headers.
+    pub foundry_keys: Option<Vec<String>>,
 }
 
 impl Default for MockConfig {
@@ -52,6 +56,7 @@ impl Default for MockConfig {
             output_tokens: 12,
             record: true,
             default_limits: KeyLimits::default(),
+            foundry_keys: None,
         }
     }
 }

@@ -42,6 +42,10 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Act as Microsoft Foundry's Anthropic endpoint (API under /anthropic, Azure-shaped
+    /// errors) accepting this key; repeat for more.
+    #[arg(long = "foundry-key")]
+    foundry_keys: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             itpm: args.itpm,
             otpm: args.otpm,
         },
+        foundry_keys: (!args.foundry_keys.is_empty()).then_some(args.foundry_keys),
     };
     // Install handlers before announcing readiness: a script may signal as soon as it reads
     // the line, and the default disposition would kill us uncleanly.

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::body::MockBody;
-use super::faults::error_body;
+use super::faults::{azure_error_body, error_body};
 use super::limits::{Admission, RateHeaders};
 use super::sse::{self, BodyFault, Reply};
 use super::{lock, Fault, RecordedRequest, Shared};
@@ -163,7 +163,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
         record(&shared, &parts, &body, key);
     }
 
-    let path = parts.uri.path();
+    let mut path = parts.uri.path();
+    let foundry = shared.cfg.foundry_keys.as_deref();
+    if let Some(keys) = foundry {
+        let Some(rest) = path.strip_prefix("/anthropic") else {
+            return Ok(azure_error(404, Some("Resource not found"), &request_id));
+        };
+        path = rest;
+        let given = ["api-key", "x-api-key"]
+            .iter()
+            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()));
+        let accepted = given.clone().any(|k| keys.iter().any(|known| known == k));
+        if !accepted {
+            let message = "Access denied due to invalid subscription key or wrong API \
+                           endpoint. Make sure to provide a valid key for an active \
+                           subscription and use a correct regional API endpoint for your \
+                           resource.";
+            return Ok(azure_error(401, Some(message), &request_id));
+        }
+    }
     // Health checks (`HEAD /`, Claude Code's preflight) get no faults and no latency.
     let api = path.starts_with("/v1/");
     let knobs = Knobs::new(&shared, headers);
@@ -192,12 +210,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
             status,
             retry_after,
         }) => {
-            let mut resp = respond(
-                status,
-                JSON,
-                &request_id,
-                error_body(status, None, &request_id),
-            );
+            let mut resp = match foundry {
+                Some(_) => azure_error(status, None, &request_id),
+                None => respond(
+                    status,
+                    JSON,
+                    &request_id,
+                    error_body(status, None, &request_id),
+                ),
+            };
             if let Some(v) = retry_after.and_then(|v| HeaderValue::try_from(v).ok()) {
                 resp.headers_mut().insert(RETRY_AFTER, v);
             }
@@ -286,6 +307,12 @@ fn messages(
                     retry_after_secs,
                     headers,
                 } => {
+                    if shared.cfg.foundry_keys.is_some() {
+                        let mut resp = azure_error(429, None, request_id);
+                        let seconds = HeaderValue::from(retry_after_secs);
+                        resp.headers_mut().insert(RETRY_AFTER, seconds);
+                        return resp;
+                    }
                     let mut resp =
                         respond(429, JSON, request_id, error_body(429, None, request_id));
                     let h = resp.headers_mut();
@@ -323,7 +350,9 @@ fn messages(
         )
     };
     let h = resp.headers_mut();
-    add_rate_headers(h, &rate_headers);
+    if shared.cfg.foundry_keys.is_none() {
+        add_rate_headers(h, &rate_headers);
+    }
     for (name, value) in explicit.iter().flatten() {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -341,6 +370,10 @@ fn add_rate_headers(h: &mut HeaderMap, rate: &RateHeaders) {
             h.insert(*name, v);
         }
     }
+}
+
+fn azure_error(status: u16, message: Option<&str>, request_id: &str) -> Response<MockBody> {
+    respond(status, JSON, request_id, azure_error_body(status, message))
 }
 
 fn invalid_request(request_id: &str, msg: &str) -> Response<MockBody> {
