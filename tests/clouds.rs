@@ -146,3 +146,205 @@ fn an_azure_provider_needs_its_resource_or_a_base_url() {
         "{text}"
     );
 }
+
+// ---- Vertex AI --------------------------------------------------------------------------------
+
+/// A service account of its own: an RSA key made by the openssl CLI (installed by `make
+/// deps-test`), its key file naming the mock's token endpoint.
+struct ServiceAccount {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    private_pem: String,
+    public_pem: String,
+}
+
+const SA_EMAIL: &str = "relay@test-project.iam.gserviceaccount.com";
+
+fn new_key_pair() -> ServiceAccount {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("public.pem");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("the openssl CLI (make deps-test installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    run(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    ServiceAccount {
+        file: dir.path().join("service-account.json"),
+        private_pem: std::fs::read_to_string(&key).unwrap(),
+        public_pem: std::fs::read_to_string(&public).unwrap(),
+        _dir: dir,
+    }
+}
+
+/// The Vertex mock (tokens valid `ttl`) and a service account file it trusts.
+async fn vertex_mock(ttl: std::time::Duration) -> (MockUpstream, ServiceAccount) {
+    let sa = new_key_pair();
+    let mock = MockUpstream::start(MockConfig {
+        vertex: Some(cc_relay_mock::VertexMock {
+            client_email: SA_EMAIL.into(),
+            public_key_pem: sa.public_pem.clone(),
+            token_ttl: ttl,
+            project: "test-project".into(),
+            region: "us-east5".into(),
+        }),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let file = serde_json::json!({
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "key-1",
+        "private_key": sa.private_pem,
+        "client_email": SA_EMAIL,
+        "token_uri": format!("{}/token", mock.base_url()),
+    });
+    std::fs::write(&sa.file, file.to_string()).unwrap();
+    (mock, sa)
+}
+
+fn vertex_config(mock: &MockUpstream, sa: &ServiceAccount) -> String {
+    format!(
+        "providers:\n  - name: vertex\n    type: vertex\n    base_url: \"{}\"\n    \
+         gcp_project_id: test-project\n    gcp_region: us-east5\n    keys:\n      - name: sa-1\n        \
+         gcp_credentials_file: \"{}\"\n",
+        mock.base_url(),
+        sa.file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_works_through_vertex_json_stream_and_count_tokens() {
+    let (mock, sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let relay = RelayProcess::start("", &vertex_config(&mock, &sa));
+    tokio::task::block_in_place(|| run_sdk(&relay, "happy"));
+    let prefix = "/v1/projects/test-project/locations/us-east5/publishers/anthropic/models/";
+    let calls: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query != "/token")
+        .map(|r| {
+            let auth = r.header("authorization").unwrap_or_default();
+            assert!(auth.starts_with("Bearer ya29.mock-"), "{auth}");
+            assert_eq!(r.json()["anthropic_version"], "vertex-2023-10-16");
+            r.path_and_query.trim_start_matches(prefix).to_owned()
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "claude-sonnet-4-5:rawPredict",
+            "claude-sonnet-4-5:streamRawPredict",
+            "count-tokens:rawPredict"
+        ]
+    );
+    let logs = relay.logs();
+    assert!(!logs.contains("ya29.mock") && !logs.contains("PRIVATE KEY"));
+    let status = get_json(&relay, "/status").await.to_string();
+    assert!(!status.contains("ya29.mock") && !status.contains("PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vertex_keeps_serving_across_token_expiries_without_a_failed_request() {
+    // Tokens live 2 s: over 7 s of traffic the relay must renew several times, ahead of time.
+    let (mock, sa) = vertex_mock(std::time::Duration::from_secs(2)).await;
+    let relay = RelayProcess::start("", &vertex_config(&mock, &sa));
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < std::time::Duration::from_secs(7) {
+        let stream = sent % 2 == 1;
+        let response = post_messages(&relay, &message_body("claude-sonnet-4-5", stream), &[]).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "request {sent} failed: {}",
+            relay.logs()
+        );
+        response.bytes().await.unwrap();
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert!(mock.tokens_issued() >= 4, "{} tokens", mock.tokens_issued());
+    assert!(sent > 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vertex_quota_error_is_a_rate_limit_error_and_cools_the_credential() {
+    let (mock, sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let relay = RelayProcess::start("", &vertex_config(&mock, &sa));
+    mock.push_fault(
+        None,
+        Fault::Status {
+            status: 429,
+            retry_after: None,
+        },
+    );
+    let refused = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error_type(&body), "rate_limit_error", "{body}");
+    let status = get_json(&relay, "/status").await;
+    assert!(
+        key_status(&status, "sa-1")["cooling_down_ms"]
+            .as_u64()
+            .is_some(),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_keys_vertex_uses_application_default_credentials_from_the_metadata_server() {
+    let (mock, _sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let body = format!(
+        "providers:\n  - name: vertex\n    type: vertex\n    base_url: \"{}\"\n    \
+         gcp_project_id: test-project\n    gcp_region: us-east5\n",
+        mock.base_url()
+    );
+    // No credentials file anywhere: ADC falls through to the metadata server, here the mock.
+    let home = tempfile::tempdir().unwrap();
+    let metadata_host = mock.base_url().trim_start_matches("http://").to_owned();
+    let relay = RelayProcess::start_with_env(
+        "",
+        &body,
+        &[
+            ("GCE_METADATA_HOST", metadata_host.as_str()),
+            ("HOME", home.path().to_str().unwrap()),
+            ("GOOGLE_APPLICATION_CREDENTIALS", ""),
+        ],
+    );
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    assert_eq!(mock.tokens_issued(), 1);
+    let metadata = mock
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query.starts_with("/computeMetadata/"))
+        .expect("the relay asked the metadata server");
+    assert_eq!(metadata.header("metadata-flavor"), Some("Google"));
+    let status = get_json(&relay, "/status").await;
+    assert!(key_status(&status, "adc")["disabled"] == false, "{status}");
+}

@@ -105,6 +105,7 @@ pub(crate) struct RawPooling {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawKey {
     pub key: Option<String>,
+    pub gcp_credentials_file: Option<String>,
     pub name: Option<String>,
     pub rpm_limit: Option<i64>,
     pub itpm_limit: Option<i64>,
@@ -240,7 +241,7 @@ const CLOUD_FIELDS: [&str; 12] = [
 ];
 
 /// Go provider types this relay does not implement.
-pub(crate) const CLOUD_TYPES: [&str; 2] = ["bedrock", "vertex"];
+pub(crate) const CLOUD_TYPES: [&str; 1] = ["bedrock"];
 
 static PROVIDER: Node = Map(&[
     ("name", Str),
@@ -276,6 +277,8 @@ const POOLING: Node = Map(&[
 
 static KEY: Node = Map(&[
     ("key", Str),
+    // type: vertex: a Google credentials file instead of a key.
+    ("gcp_credentials_file", Str),
     ("name", Str),
     ("rpm_limit", Int),
     ("itpm_limit", Int),

@@ -341,7 +341,7 @@ fn provider_names() {
     );
     assert_eq!(
         one_error("providers:\n  - name: a\n"),
-        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama, azure)"
+        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama, azure, vertex)"
     );
 }
 
@@ -350,7 +350,7 @@ fn provider_types() {
     assert_eq!(
         one_error("providers:\n  - name: a\n    type: openai\n"),
         "providers[0].type: unknown provider type \"openai\" (supported: anthropic, zai, minimax, ollama, \
-         azure)"
+         azure, vertex)"
     );
     for (t, kind) in [
         ("anthropic", "anthropic"),
@@ -398,12 +398,12 @@ fn go_cloud_providers() {
             "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n"
         ),
         "providers[1].type: bedrock is not supported by this relay (supported: anthropic, zai, \
-         minimax, ollama, azure); remove the provider or set enabled: false"
+         minimax, ollama, azure, vertex); remove the provider or set enabled: false"
     );
     // Disabled (as in the Go example config): skipped with one warning, its fields quietly.
     let (c, w) = load_env(
-        "providers:\n  - name: a\n    type: anthropic\n  - name: v\n    type: vertex\n    \
-         enabled: false\n    project_id: p\n    region: us-east5\n    gcp_region: x\n    \
+        "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    \
+         enabled: false\n    region: us-east-1\n    aws_region: x\n    \
          auth:\n      method: iam\n",
         &[],
     )
@@ -412,10 +412,63 @@ fn go_cloud_providers() {
     assert_eq!(
         w,
         vec![
-            "providers[1].type: vertex providers are not supported by this relay; this one is \
+            "providers[1].type: bedrock providers are not supported by this relay; this one is \
               disabled, so it is skipped"
         ]
     );
+    // A disabled vertex provider as the Go example config has it (older field names, no
+    // project): it loads; what it lacks is a warning, not an error.
+    let (c, w) = load_env(
+        "providers:\n  - name: a\n    type: anthropic\n  - name: v\n    type: vertex\n    \
+         enabled: false\n    project_id: p\n    region: us-east5\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.providers.len(), 2);
+    assert!(!c.providers[1].enabled);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("providers[1].gcp_project_id: is required")
+                && w.contains("disabled")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_vertex_provider_needs_its_project_region_and_readable_credentials() {
+    assert_eq!(
+        one_error("providers:\n  - name: v\n    type: vertex\n    gcp_region: us-east5\n"),
+        "providers[0].gcp_project_id: is required for type vertex (the Google Cloud project id)"
+    );
+    let err = one_error(
+        "providers:\n  - name: v\n    type: vertex\n    gcp_project_id: p\n    \
+         gcp_region: us-east5\n    keys:\n      - gcp_credentials_file: /nonexistent/sa.json\n",
+    );
+    assert!(
+        err.starts_with(
+            "providers[0].keys[0].gcp_credentials_file: cannot read /nonexistent/sa.json"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        one_error(
+            "providers:\n  - name: a\n    type: anthropic\n    keys:\n      - \
+             gcp_credentials_file: /x.json\n"
+        ),
+        "providers[0].keys[0].gcp_credentials_file: is for type vertex; type anthropic takes key"
+    );
+    let c = load(
+        "providers:\n  - name: v\n    type: vertex\n    gcp_project_id: my-proj\n    \
+         gcp_region: global\n",
+    );
+    let p = &c.providers[0];
+    assert_eq!(p.base_url.host, "aiplatform.googleapis.com");
+    assert_eq!(
+        p.base_url.path_prefix,
+        "/v1/projects/my-proj/locations/global/publishers/anthropic/models"
+    );
+    assert_eq!(p.keys.len(), 1, "application default credentials");
+    assert_eq!(p.keys[0].id, "adc");
 }
 
 #[test]
@@ -1299,7 +1352,10 @@ fn starter_config_commented_examples_load() {
         Err(e) => panic!("{e}\n---\n{uncommented}"),
     };
     let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["anthropic", "zai", "minimax", "foundry", "ollama"]);
+    assert_eq!(
+        names,
+        ["anthropic", "zai", "minimax", "foundry", "vertex", "ollama"]
+    );
     let keys = &c.providers[0].keys;
     assert_eq!(keys.len(), 3);
     assert_eq!((keys[1].itpm_limit, keys[1].otpm_limit), (20000, 20000));

@@ -174,6 +174,27 @@ pub struct KeyConfig {
     pub weight: f64,
     /// `keys[].max_concurrent` (0 = no cap): requests in flight on this key at most.
     pub max_concurrent: u32,
+    /// `keys[].gcp_credentials_file` (type vertex): a Google credentials file whose OAuth
+    /// tokens are the key; `key` then holds `gcp:` + the path (for the id and duplicates).
+    pub gcp_credentials_file: Option<std::path::PathBuf>,
+}
+
+impl KeyConfig {
+    /// A key the provider's kind supplies itself (vertex: Application Default Credentials),
+    /// with id `id`, no limits of its own.
+    pub fn implicit(id: &str) -> KeyConfig {
+        KeyConfig {
+            key: Secret::new(format!("implicit:{id}")),
+            id: id.to_owned(),
+            rpm_limit: 0,
+            itpm_limit: 0,
+            otpm_limit: 0,
+            priority: 1,
+            weight: 1.0,
+            max_concurrent: 0,
+            gcp_credentials_file: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

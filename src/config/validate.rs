@@ -461,9 +461,27 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             keys,
             options: p.options,
         };
+        if !kind.uses_tokens() {
+            for (j, k) in provider.keys.iter().enumerate() {
+                if k.gcp_credentials_file.is_some() {
+                    c.error(
+                        format!("{path}.keys[{j}].gcp_credentials_file"),
+                        format!("is for type vertex; type {} takes key", kind.name()),
+                    );
+                }
+            }
+        }
         if checked_kind {
-            c.errors
-                .extend(kind.configure(&mut provider, base_url_given, &path));
+            let errors = kind.configure(&mut provider, base_url_given, &path);
+            if provider.enabled {
+                c.errors.extend(errors);
+            } else {
+                // A disabled provider must not stop a config from loading (the Go example
+                // config lists incomplete cloud providers, disabled): say what it lacks.
+                for e in errors {
+                    c.warn(format!("{e} (the provider is disabled)"));
+                }
+            }
         }
         out.push(provider);
     }
@@ -624,30 +642,46 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
     let mut by_id: HashMap<String, usize> = HashMap::new();
     for (i, k) in raw.into_iter().enumerate() {
         let path = format!("{provider_path}.keys[{i}]");
-        let secret = match k.key.as_deref().map(str::trim) {
-            None => {
-                c.error(format!("{path}.key"), "is required");
+        let credentials_file = k
+            .gcp_credentials_file
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from);
+        let secret = match (k.key.as_deref().map(str::trim), &credentials_file) {
+            (Some(_), Some(_)) => {
+                c.error(
+                    format!("{path}.gcp_credentials_file"),
+                    "give either key or gcp_credentials_file, not both",
+                );
                 None
             }
-            Some("") => {
-                c.error(
+            (None, Some(file)) => Some(format!("gcp:{}", file.display())),
+            (key, None) => match key {
+                None => {
+                    c.error(format!("{path}.key"), "is required");
+                    None
+                }
+                Some("") => {
+                    c.error(
                     format!("{path}.key"),
                     "is empty (if it comes from an environment variable, that variable is empty); \
                      remove the entry for passthrough of the clients' own credentials",
                 );
-                None
-            }
-            // Sent as a header value on every request: refuse what cannot be sent rather than
-            // have every request on this key fail. The message never shows the key.
-            Some(s) if !header_safe(s) => {
-                c.error(
-                    format!("{path}.key"),
-                    "contains a space, a control character or a non-ASCII character, which an \
+                    None
+                }
+                // Sent as a header value on every request: refuse what cannot be sent rather than
+                // have every request on this key fail. The message never shows the key.
+                Some(s) if !header_safe(s) => {
+                    c.error(
+                        format!("{path}.key"),
+                        "contains a space, a control character or a non-ASCII character, which an \
                      HTTP header cannot carry (a key pasted with a line break?)",
-                );
-                None
-            }
-            Some(s) => Some(s.to_string()),
+                    );
+                    None
+                }
+                Some(s) => Some(s.to_string()),
+            },
         };
         let fp = secret.as_deref().map(key_fingerprint);
         if let Some(fp) = fp {
@@ -748,6 +782,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 priority,
                 weight,
                 max_concurrent,
+                gcp_credentials_file: credentials_file,
             });
         }
     }

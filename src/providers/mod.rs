@@ -15,7 +15,10 @@
 mod anthropic;
 mod azure;
 mod classify;
+pub mod gcp_token;
+mod reshape;
 mod resolve;
+mod vertex;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -28,6 +31,7 @@ pub use anthropic::{AuthStyle, ANTHROPIC, MINIMAX, OLLAMA, ZAI};
 pub use azure::AZURE;
 pub use classify::Verdict;
 pub use resolve::{resolve_now, ResolvedAddrs};
+pub use vertex::{credential_source, VERTEX};
 
 use crate::config::{BaseUrl, ConfigError, FieldSchema, ProviderConfig};
 use crate::pool::RateLimitHeaders;
@@ -64,6 +68,12 @@ pub trait ProviderKind: Send + Sync + 'static {
     /// The header that carries one of its keys, built once per config (the value marked
     /// sensitive by the caller). `None` when the key cannot be carried in a header.
     fn credential(&self, key: &str) -> Option<(HeaderName, HeaderValue)>;
+
+    /// Whether its keys are Google credentials whose OAuth tokens `gcp_token` keeps fresh (the
+    /// attempt's credential is then the key's current token, not `credential`).
+    fn uses_tokens(&self) -> bool {
+        false
+    }
 
     /// Prepare one attempt's upstream request: target, `Host`, credential, body.
     fn prepare(&self, request: &mut UpstreamRequest<'_>) -> pingora::Result<()>;
@@ -108,6 +118,17 @@ pub struct UpstreamRequest<'a> {
     pub body: &'a mut Bytes,
 }
 
+/// A kind's own field of `provider` (`ProviderConfig::options`), trimmed; `None` when absent
+/// or empty.
+fn kind_option<'a>(provider: &'a ProviderConfig, name: &str) -> Option<&'a str> {
+    provider
+        .options
+        .get(name)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 /// A provider kind, as configs and runtime state hold it: a reference to its static.
 #[derive(Clone, Copy)]
 pub struct Kind(&'static dyn ProviderKind);
@@ -140,6 +161,7 @@ pub static KINDS: &[Kind] = &[
     Kind(&MINIMAX),
     Kind(&OLLAMA),
     Kind(&AZURE),
+    Kind(&VERTEX),
 ];
 
 /// The kind named `name` (as written in `type:`, matched case-insensitively).

@@ -116,7 +116,19 @@ impl Attempt {
         {
             upstream.remove_header(&name);
         }
-        let credential = self.key_index().map(|i| provider.credential(i));
+        let credential = match self.key_index() {
+            Some(i) => Some(provider.current_credential(i).ok_or_else(|| {
+                let id = provider.pool.as_ref().map_or("-", |p| p.keys()[i].id());
+                super::errors::answer(super::ApiError::UpstreamUnreachable {
+                    provider: provider.name().to_owned(),
+                    reason: format!(
+                        "key {id} has no access token (its token exchange is failing: see \
+                         the relay's log)"
+                    ),
+                })
+            })?),
+            None => None,
+        };
         if credential.is_some() {
             // The relay supplies the key: no client credential reaches the upstream.
             upstream.remove_header("x-api-key");
@@ -130,7 +142,7 @@ impl Attempt {
             origin,
             base_url: &provider.config.base_url,
             host: &provider.host_value,
-            credential,
+            credential: credential.as_ref(),
             body: &mut self.body,
         })
     }

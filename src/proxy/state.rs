@@ -13,6 +13,7 @@ use super::auth::AuthThrottle;
 use crate::admin::metrics::{ConnectionHandles, KeyHandleCell};
 use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
+use crate::providers::gcp_token::TokenSlot;
 use crate::providers::{resolve_now, ResolvedAddrs};
 use crate::routing::{longest_prefix, Breaker, Router, SessionTable};
 
@@ -35,6 +36,9 @@ pub struct ProviderRuntime {
     /// pool size.
     pub host_value: HeaderValue,
     credentials: Vec<(HeaderName, HeaderValue)>,
+    /// Per key, for kinds whose keys are Google credentials: its OAuth token, kept fresh off
+    /// the request path. Empty for other kinds.
+    tokens: Vec<Option<Arc<TokenSlot>>>,
     key_id_values: Vec<Option<HeaderValue>>,
     pub keys_total_value: HeaderValue,
 }
@@ -52,6 +56,15 @@ impl ProviderRuntime {
     /// The credential header (name and sensitive value) of the key at `index` of the pool.
     pub fn credential(&self, index: usize) -> &(HeaderName, HeaderValue) {
         &self.credentials[index]
+    }
+
+    /// The credential to send for the key at `index`: its current OAuth token for kinds that
+    /// use them (`None` while it has none), else its fixed header.
+    pub fn current_credential(&self, index: usize) -> Option<(HeaderName, HeaderValue)> {
+        match self.tokens.get(index) {
+            Some(slot) => slot.as_ref().and_then(|s| s.credential()),
+            None => Some(self.credentials[index].clone()),
+        }
     }
 
     /// The `x-cc-relay-key-id` value for the key at `index`, `None` when the id is not a valid
@@ -78,6 +91,23 @@ fn credentials(provider: &ProviderConfig) -> Vec<(HeaderName, HeaderValue)> {
             });
             value.set_sensitive(true);
             (name, value)
+        })
+        .collect()
+}
+
+/// Per key of a provider whose kind uses OAuth tokens, its token slot (a new one gets its first
+/// token now: at startup or reload, never on a request).
+fn token_slots(provider: &ProviderConfig) -> Vec<Option<Arc<TokenSlot>>> {
+    if !provider.kind.uses_tokens() {
+        return Vec::new();
+    }
+    provider
+        .keys
+        .iter()
+        .map(|k| {
+            crate::providers::gcp_token::slot_for(&crate::providers::credential_source(k))
+                .map_err(|e| log::error!("provider {} key {}: {e}", provider.name, k.id))
+                .ok()
         })
         .collect()
 }
@@ -142,6 +172,7 @@ impl RuntimeState {
                 host_value: HeaderValue::from_str(&p.base_url.host_header())
                     .unwrap_or_else(|_| HeaderValue::from_static("")),
                 credentials: credentials(p),
+                tokens: token_slots(p),
                 key_id_values: p
                     .keys
                     .iter()

@@ -16,6 +16,7 @@ mod server;
 mod sse;
 #[cfg(test)]
 mod tests;
+mod vertex;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub use vertex::VertexMock;
 
 /// Behaviour of a [`MockUpstream`]; per-request `x-mock-*` headers override most of it.
 #[derive(Clone, Debug)]
@@ -45,6 +48,8 @@ pub struct MockConfig {
     /// keys accepted (in `api-key` or `x-api-key`), errors Azure-shaped
     /// (`{"error":{"code","message"}}`), no `anthropic-ratelimit-*` headers.
     pub foundry_keys: Option<Vec<String>>,
+    /// Act as Vertex AI (see [`VertexMock`]).
+    pub vertex: Option<VertexMock>,
 }
 
 impl Default for MockConfig {
@@ -57,6 +62,7 @@ impl Default for MockConfig {
             record: true,
             default_limits: KeyLimits::default(),
             foundry_keys: None,
+            vertex: None,
         }
     }
 }
@@ -134,6 +140,9 @@ struct Shared {
     recorded: Mutex<Vec<RecordedRequest>>,
     faults: faults::FaultBook,
     keys: limits::KeyTable,
+    tokens: vertex::TokenBook,
+    /// `http://ADDR/token`: the audience Vertex mode's assertions must name.
+    token_uri: String,
     shutdown: watch::Sender<bool>,
 }
 
@@ -162,6 +171,8 @@ impl MockUpstream {
             recorded: Mutex::new(Vec::new()),
             faults: faults::FaultBook::default(),
             keys: limits::KeyTable::default(),
+            tokens: vertex::TokenBook::default(),
+            token_uri: format!("http://{addr}/token"),
             shutdown,
         });
         tokio::spawn(server::serve(listener, shared.clone()));
@@ -219,6 +230,11 @@ impl MockUpstream {
     }
 
     /// Requests received per credential (requests without one are not listed).
+    /// Access tokens Vertex mode has issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.shared.tokens.issued()
+    }
+
     pub fn requests_by_key(&self) -> HashMap<String, usize> {
         self.shared.keys.counts()
     }

@@ -81,6 +81,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             otpm: args.otpm,
         },
         foundry_keys: (!args.foundry_keys.is_empty()).then_some(args.foundry_keys),
+        vertex: None,
     };
     // Install handlers before announcing readiness: a script may signal as soon as it reads
     // the line, and the default disposition would kill us uncleanly.

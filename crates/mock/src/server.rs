@@ -149,7 +149,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
     let n = shared.request_count.fetch_add(1, Ordering::Relaxed) + 1;
     let request_id = format!("req_mock_{n}");
     let (parts, body) = req.into_parts();
-    let body = body
+    let mut body = body
         .collect()
         .await
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
@@ -164,6 +164,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
     }
 
     let mut path = parts.uri.path();
+    if let Some(cfg) = &shared.cfg.vertex {
+        let vertex = (cfg, &shared.tokens, shared.token_uri.as_str());
+        let routed = super::vertex::route(vertex, &parts, &body);
+        match routed {
+            super::vertex::Routed::Token(answer) => {
+                return Ok(respond(200, JSON, &request_id, answer));
+            }
+            super::vertex::Routed::Error(status, state, message) => {
+                let error = super::vertex::error_body(status, state, &message);
+                return Ok(respond(status, JSON, &request_id, error));
+            }
+            super::vertex::Routed::Api(anthropic_path, anthropic_body) => {
+                path = anthropic_path;
+                body = anthropic_body;
+            }
+        }
+    }
     let foundry = shared.cfg.foundry_keys.as_deref();
     if let Some(keys) = foundry {
         let Some(rest) = path.strip_prefix("/anthropic") else {
@@ -210,9 +227,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
             status,
             retry_after,
         }) => {
-            let mut resp = match foundry {
-                Some(_) => azure_error(status, None, &request_id),
-                None => respond(
+            let mut resp = match (foundry, &shared.cfg.vertex) {
+                (_, Some(_)) => {
+                    let state = if status == 429 {
+                        "RESOURCE_EXHAUSTED"
+                    } else {
+                        "UNAVAILABLE"
+                    };
+                    let message = format!("mock: injected {status}");
+                    let error = super::vertex::error_body(status, state, &message);
+                    respond(status, JSON, &request_id, error)
+                }
+                (Some(_), None) => azure_error(status, None, &request_id),
+                (None, None) => respond(
                     status,
                     JSON,
                     &request_id,
@@ -350,7 +377,8 @@ fn messages(
         )
     };
     let h = resp.headers_mut();
-    if shared.cfg.foundry_keys.is_none() {
+    // Foundry and Vertex send no rate-limit headers.
+    if shared.cfg.foundry_keys.is_none() && shared.cfg.vertex.is_none() {
         add_rate_headers(h, &rate_headers);
     }
     for (name, value) in explicit.iter().flatten() {
