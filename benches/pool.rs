@@ -312,6 +312,60 @@ fn metrics(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a provider kind does to one attempt's request: the Anthropic family only sets headers
+/// and the target; vertex also rewrites the body (model out, anthropic_version in, the other
+/// fields copied unparsed) and builds the per-model target. A Claude Code-sized body (~76 KB).
+fn prepare(c: &mut Criterion) {
+    use cc_relay::providers::{ProviderKind, UpstreamRequest, ANTHROPIC, VERTEX};
+    let mut group = c.benchmark_group("prepare");
+    let text = "x".repeat(75_000);
+    let body = bytes::Bytes::from(
+        serde_json::json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 64000, "stream": true,
+            "system": [{"type": "text", "text": "You are Claude Code."}],
+            "messages": [{"role": "user", "content": text}],
+        })
+        .to_string(),
+    );
+    let base = cc_relay::config::parse_base_url(
+        "https://us-east5-aiplatform.googleapis.com/v1/projects/p/locations/us-east5/publishers/anthropic/models",
+    )
+    .unwrap();
+    let host = http::HeaderValue::from_static("us-east5-aiplatform.googleapis.com");
+    let credential = (
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer ya29.token"),
+    );
+    for (name, kind) in [
+        ("anthropic", &ANTHROPIC as &dyn ProviderKind),
+        ("vertex", &VERTEX),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let header =
+                        pingora::http::RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+                    (header, body.clone())
+                },
+                |(mut header, mut body)| {
+                    kind.prepare(&mut UpstreamRequest {
+                        header: &mut header,
+                        origin: "/v1/messages",
+                        base_url: &base,
+                        host: &host,
+                        credential: Some(&credential),
+                        body: &mut body,
+                    })
+                    .unwrap();
+                    black_box(body.len())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     acquire_only,
@@ -319,6 +373,7 @@ criterion_group!(
     contended,
     learning,
     routing,
-    metrics
+    metrics,
+    prepare
 );
 criterion_main!(benches);

@@ -33,7 +33,7 @@
 #      EVENTS (SSE deltas, 5),
 #      SCENARIOS (subset of: json-2k sse-2k sse-76k paced-json paced-sse),
 #      MEM (1 = run mem-sse), MEM_STREAMS (1000), MEM_DURATION (15), MEM_INTERVAL_MS (100),
-#      SOAK (0), SOAK_DURATION (60), ACCESS_LOG (0), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
+#      SOAK (0), SOAK_DURATION (60), ACCESS_LOG (0), TARGET_ORDER (the targets, reordered), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
 #      RELAY_BIN (the relay binary to test; default target/release/cc-relay: A/B two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,8 @@ source scripts/lib.sh
 # The settings given in the environment, to record how this run was made.
 OVERRIDES=""
 for v in DURATION REPS CONNS RATE PACE_CONNS THREADS MOCK_THREADS WRK_THREADS LATENCY_MS EVENTS \
-  SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN ACCESS_LOG; do
+  SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN ACCESS_LOG \
+  TARGET_ORDER; do
   [ -n "${!v+x}" ] && OVERRIDES+="$v='${!v}' "
 done
 
@@ -70,6 +71,8 @@ PLOT=${PLOT:-}
 ACCESS_LOG=${ACCESS_LOG:-0}
 TARGETS="direct pingora relay nginx"
 [ "$ACCESS_LOG" = 1 ] && TARGETS="direct pingora relay relay-log nginx"
+# TARGET_ORDER: the same targets in another order (to see whether a position favours one).
+TARGETS=${TARGET_ORDER:-$TARGETS}
 
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

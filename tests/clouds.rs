@@ -210,6 +210,11 @@ async fn vertex_mock(ttl: std::time::Duration) -> (MockUpstream, ServiceAccount)
             token_ttl: ttl,
             project: "test-project".into(),
             region: "us-east5".into(),
+            user: Some((
+                "mock-client.apps.googleusercontent.com".into(),
+                "mock-client-secret".into(),
+                "mock-refresh-token".into(),
+            )),
         }),
         ..MockConfig::default()
     })
@@ -347,4 +352,89 @@ async fn without_keys_vertex_uses_application_default_credentials_from_the_metad
     assert_eq!(metadata.header("metadata-flavor"), Some("Google"));
     let status = get_json(&relay, "/status").await;
     assert!(key_status(&status, "adc")["disabled"] == false, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_fails_over_from_anthropic_to_vertex_each_with_its_own_model_name() {
+    // Anthropic (preferred) answers 529 to everything; the same model on Vertex, under its
+    // Vertex name, takes over before a byte reaches the SDK.
+    let anthropic = start_mock().await;
+    anthropic.set_sticky_fault(
+        "sk-anthropic",
+        Some(Fault::Status {
+            status: 529,
+            retry_after: None,
+        }),
+    );
+    let (vertex, sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let body = format!(
+        "providers:\n{}{}",
+        mock_provider(
+            "anthropic",
+            &anthropic,
+            &[("a", "sk-anthropic")],
+            "    priority: 2\n"
+        ),
+        vertex_config(&vertex, &sa)
+            .trim_start_matches("providers:\n")
+            .replace(
+                "    gcp_region: us-east5\n",
+                "    gcp_region: us-east5\n    priority: 1\n    model_mapping:\n      \
+                 claude-sonnet-4-5: claude-sonnet-4-5@20250929\n",
+            ),
+    );
+    let relay = RelayProcess::start("", &body);
+    tokio::task::block_in_place(|| run_sdk(&relay, "failover"));
+    let asked: Vec<String> = anthropic
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|m| m == "claude-sonnet-4-5"),
+        "{asked:?}"
+    );
+    let streamed = vertex
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path_and_query
+                .ends_with("claude-sonnet-4-5@20250929:streamRawPredict")
+        })
+        .count();
+    assert_eq!(streamed, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gcloud_user_credentials_file_works_through_the_refresh_token_grant() {
+    let (mock, sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let user_file = sa
+        .file
+        .with_file_name("application_default_credentials.json");
+    let user = serde_json::json!({
+        "type": "authorized_user",
+        "client_id": "mock-client.apps.googleusercontent.com",
+        "client_secret": "mock-client-secret",
+        "refresh_token": "mock-refresh-token",
+        "token_uri": format!("{}/token", mock.base_url()),
+    });
+    std::fs::write(&user_file, user.to_string()).unwrap();
+    let body = vertex_config(&mock, &sa).replace(
+        &sa.file.display().to_string(),
+        &user_file.display().to_string(),
+    );
+    let relay = RelayProcess::start("", &body);
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", true), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    response.bytes().await.unwrap();
+    let grant = mock
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/token")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&grant.body).contains("grant_type=refresh_token"));
+    assert!(
+        !relay.logs().contains("mock-refresh-token")
+            && !relay.logs().contains("mock-client-secret")
+    );
 }

@@ -23,6 +23,9 @@ pub struct VertexMock {
     pub token_ttl: Duration,
     pub project: String,
     pub region: String,
+    /// A gcloud user's credentials the token endpoint also honours (the refresh-token grant):
+    /// `(client_id, client_secret, refresh_token)`.
+    pub user: Option<(String, String, String)>,
 }
 
 /// Tokens issued and until when they hold.
@@ -184,6 +187,18 @@ struct Claims {
 fn grant(cfg: &VertexMock, book: &TokenBook, token_uri: &str, body: &Bytes) -> Routed {
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let bad = |m: &str| Routed::Error(400, "invalid_grant", m.to_owned());
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+        let given = (
+            field("client_id"),
+            field("client_secret"),
+            field("refresh_token"),
+        );
+        return match &cfg.user {
+            Some(user) if *user == given => Routed::Token(issue(cfg, book)),
+            _ => bad("Bad Request: unknown client or refresh token"),
+        };
+    }
     if form.get("grant_type").map(String::as_str)
         != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
     {
