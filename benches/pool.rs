@@ -355,6 +355,8 @@ fn prepare(c: &mut Criterion) {
                         host: &host,
                         credential: Some(&credential),
                         body: &mut body,
+                        key: None,
+                        options: &serde_yaml::Mapping::new(),
                     })
                     .unwrap();
                     black_box(body.len())
@@ -366,6 +368,90 @@ fn prepare(c: &mut Criterion) {
     group.finish();
 }
 
+/// The Bedrock path's own work per request: SigV4 over a ~2 KB body, and one streamed answer
+/// (9 events) decoded from event-stream frames to SSE.
+fn bedrock(c: &mut Criterion) {
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use base64::Engine;
+    use cc_relay::config::{AwsCredential, Secret};
+    use cc_relay::providers::bedrock::{sign, stream::EventStreamToSse};
+    use cc_relay::providers::ResponseAdapter;
+    let mut group = c.benchmark_group("bedrock");
+    let body = vec![b'x'; 2048];
+    let credential = AwsCredential {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        session_token: None,
+    };
+    group.bench_function("sign_2k", |b| {
+        b.iter(|| {
+            let request = sign::ToSign {
+                method: "POST",
+                url: "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke",
+                headers: &[
+                    ("host", "bedrock-runtime.us-east-1.amazonaws.com"),
+                    ("content-type", "application/json"),
+                    ("accept", "application/json"),
+                ],
+                body: &body,
+            };
+            black_box(
+                sign::signature_headers(
+                    &request,
+                    &credential,
+                    "us-east-1",
+                    "bedrock",
+                    SystemTime::now(),
+                )
+                .unwrap(),
+            )
+        })
+    });
+    let events = [
+        r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" from"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" Bedrock"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"."}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let frames: Vec<bytes::Bytes> = events
+        .iter()
+        .map(|e| {
+            let payload = serde_json::json!({
+                "bytes": base64::engine::general_purpose::STANDARD.encode(e),
+            });
+            let message = Message::new_from_parts(
+                vec![
+                    Header::new(":message-type", HeaderValue::String("event".into())),
+                    Header::new(":event-type", HeaderValue::String("chunk".into())),
+                ],
+                payload.to_string(),
+            );
+            let mut out = Vec::new();
+            write_message_to(&message, &mut out).unwrap();
+            bytes::Bytes::from(out)
+        })
+        .collect();
+    group.bench_function("decode_9_events", |b| {
+        b.iter(|| {
+            let mut adapter = EventStreamToSse::default();
+            let mut total = 0;
+            for (i, frame) in frames.iter().enumerate() {
+                let mut chunk = Some(frame.clone());
+                adapter.adapt(&mut chunk, i + 1 == frames.len());
+                total += chunk.map_or(0, |c| c.len());
+            }
+            black_box(total)
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     acquire_only,
@@ -374,6 +460,7 @@ criterion_group!(
     learning,
     routing,
     metrics,
-    prepare
+    prepare,
+    bedrock
 );
 criterion_main!(benches);

@@ -438,3 +438,193 @@ async fn a_gcloud_user_credentials_file_works_through_the_refresh_token_grant() 
             && !relay.logs().contains("mock-client-secret")
     );
 }
+
+// ---- AWS Bedrock ------------------------------------------------------------------------------
+
+async fn bedrock_mock() -> MockUpstream {
+    MockUpstream::start(MockConfig {
+        bedrock: Some(cc_relay_mock::BedrockMock {
+            region: "us-east-1".into(),
+            credentials: vec![
+                ("AKIDMOCKONE".into(), "secret-one/abc+def".into()),
+                ("AKIDMOCKTWO".into(), "secret-two/ghi+jkl".into()),
+            ],
+            api_keys: vec!["bedrock-api-key-mock".into()],
+        }),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A bedrock provider with AWS credentials `(id, key id, secret)` and extra provider lines.
+fn bedrock_config(mock: &MockUpstream, keys: &[(&str, &str, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "providers:\n  - name: bedrock\n    type: bedrock\n    base_url: \"{}\"\n    \
+         aws_region: us-east-1\n{extra}    keys:\n",
+        mock.base_url()
+    );
+    for (id, key_id, secret) in keys {
+        s.push_str(&format!(
+            "      - name: {id}\n        aws_access_key_id: {key_id}\n        \
+             aws_secret_access_key: \"{secret}\"\n"
+        ));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_works_through_bedrock_json_stream_and_count_tokens() {
+    let mock = bedrock_mock().await;
+    let relay = RelayProcess::start(
+        "",
+        &bedrock_config(
+            &mock,
+            &[("acct-1", "AKIDMOCKONE", "secret-one/abc+def")],
+            "",
+        ),
+    );
+    tokio::task::block_in_place(|| run_sdk(&relay, "happy"));
+    let paths: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/model/claude-sonnet-4-5/invoke",
+            "/model/claude-sonnet-4-5/invoke-with-response-stream",
+            "/model/claude-sonnet-4-5/count-tokens"
+        ]
+    );
+    let logs = relay.logs();
+    assert!(!logs.contains("secret-one"), "a secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_signature_is_refused_by_the_mock_and_reaches_the_client_in_anthropics_shape() {
+    let mock = bedrock_mock().await;
+    let relay = RelayProcess::start(
+        "",
+        &bedrock_config(&mock, &[("acct-1", "AKIDMOCKONE", "not-the-secret")], ""),
+    );
+    let refused = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error_type(&body), "permission_error", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("InvalidSignatureException"));
+    assert!(!relay.logs().contains("not-the-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_bedrock_accounts_pool_and_a_throttled_one_hands_over() {
+    let mock = bedrock_mock().await;
+    let config = bedrock_config(
+        &mock,
+        &[
+            ("acct-1", "AKIDMOCKONE", "secret-one/abc+def"),
+            ("acct-2", "AKIDMOCKTWO", "secret-two/ghi+jkl"),
+        ],
+        "",
+    )
+    .replace(
+        "aws_access_key_id: AKIDMOCKONE\n",
+        "aws_access_key_id: AKIDMOCKONE\n        priority: 2\n",
+    );
+    let relay = RelayProcess::start("", &config);
+    mock.push_fault(Some("AKIDMOCKONE"), throttled("20"));
+    let ok = post_messages(&relay, &message_body("claude-sonnet-4-5", true), &[]).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-cc-relay-key-id"], "acct-2");
+    let text = ok.text().await.unwrap();
+    assert!(text.contains("event: message_stop"), "{text}");
+    let status = get_json(&relay, "/status").await;
+    assert!(key_status(&status, "acct-1")["cooling_down_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms > 10_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mid_stream_bedrock_exception_is_an_error_the_sdk_raises() {
+    let mock = bedrock_mock().await;
+    let relay = RelayProcess::start(
+        "",
+        &bedrock_config(
+            &mock,
+            &[("acct-1", "AKIDMOCKONE", "secret-one/abc+def")],
+            "",
+        ),
+    );
+    mock.push_fault(None, Fault::ErrorEventAfterEvents(4, "api_error".into()));
+    tokio::task::block_in_place(|| run_sdk(&relay, "midstream"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_mapped_to_an_inference_profile_arn_goes_in_the_path_encoded() {
+    let mock = bedrock_mock().await;
+    let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123";
+    let relay = RelayProcess::start(
+        "",
+        &bedrock_config(
+            &mock,
+            &[("acct-1", "AKIDMOCKONE", "secret-one/abc+def")],
+            &format!("    model_mapping:\n      claude-sonnet-4-5: \"{arn}\"\n"),
+        ),
+    );
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["model"], arn,
+        "the mock echoes the model it decoded from the path"
+    );
+    assert_eq!(
+        mock.requests()[0].path_and_query,
+        "/model/arn:aws:bedrock:us-east-1:123456789012:application-inference-profile%2Fabc123/invoke"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bedrock_api_key_goes_as_a_bearer_token_and_a_model_fails_over_to_bedrock() {
+    // Anthropic (preferred) answers 529; the same model on Bedrock, under its Bedrock id and
+    // with a Bedrock API key, takes the stream before a byte reaches the SDK.
+    let anthropic = start_mock().await;
+    anthropic.set_sticky_fault(
+        "sk-anthropic",
+        Some(Fault::Status {
+            status: 529,
+            retry_after: None,
+        }),
+    );
+    let bedrock = bedrock_mock().await;
+    let body = format!(
+        "providers:\n{}  - name: bedrock\n    type: bedrock\n    base_url: \"{}\"\n    \
+         aws_region: us-east-1\n    priority: 1\n    model_mapping:\n      \
+         claude-sonnet-4-5: us.anthropic.claude-sonnet-4-5-20250929-v1:0\n    keys:\n      \
+         - name: api-key\n        key: bedrock-api-key-mock\n",
+        mock_provider(
+            "anthropic",
+            &anthropic,
+            &[("a", "sk-anthropic")],
+            "    priority: 2\n"
+        ),
+        bedrock.base_url(),
+    );
+    let relay = RelayProcess::start("", &body);
+    tokio::task::block_in_place(|| run_sdk(&relay, "failover"));
+    let streamed = bedrock
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path_and_query
+                == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream"
+                && r.header("authorization") == Some("Bearer bedrock-api-key-mock")
+        })
+        .count();
+    assert_eq!(streamed, 3);
+    assert!(anthropic.request_count() >= 1);
+}

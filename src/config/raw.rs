@@ -106,6 +106,9 @@ pub(crate) struct RawPooling {
 pub(crate) struct RawKey {
     pub key: Option<String>,
     pub gcp_credentials_file: Option<String>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
     pub name: Option<String>,
     pub rpm_limit: Option<i64>,
     pub itpm_limit: Option<i64>,
@@ -240,9 +243,6 @@ const CLOUD_FIELDS: [&str; 12] = [
     "auth",
 ];
 
-/// Go provider types this relay does not implement.
-pub(crate) const CLOUD_TYPES: [&str; 1] = ["bedrock"];
-
 static PROVIDER: Node = Map(&[
     ("name", Str),
     ("type", Str),
@@ -279,6 +279,10 @@ static KEY: Node = Map(&[
     ("key", Str),
     // type: vertex: a Google credentials file instead of a key.
     ("gcp_credentials_file", Str),
+    // type: bedrock: an AWS credential instead of a key (a key is a Bedrock API key).
+    ("aws_access_key_id", Str),
+    ("aws_secret_access_key", Str),
+    ("aws_session_token", Str),
     ("name", Str),
     ("rpm_limit", Int),
     ("itpm_limit", Int),
@@ -713,7 +717,8 @@ fn provider_kind_fields(map: &Mapping) -> &'static [(&'static str, Node)] {
 
 fn is_cloud_provider(map: &Mapping) -> bool {
     match map.get("type") {
-        Some(Value::String(t)) => CLOUD_TYPES.contains(&t.trim().to_ascii_lowercase().as_str()),
+        // A typed provider's fields are its kind's (or unknown, and said so).
+        Some(Value::String(_)) => false,
         // No type: it is a cloud provider if it only makes sense as one.
         None => map
             .keys()

@@ -341,7 +341,8 @@ fn provider_names() {
     );
     assert_eq!(
         one_error("providers:\n  - name: a\n"),
-        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama, azure, vertex)"
+        "providers[0].type: is required (one of: anthropic, zai, minimax, ollama, azure, vertex, \
+         bedrock)"
     );
 }
 
@@ -350,7 +351,7 @@ fn provider_types() {
     assert_eq!(
         one_error("providers:\n  - name: a\n    type: openai\n"),
         "providers[0].type: unknown provider type \"openai\" (supported: anthropic, zai, minimax, ollama, \
-         azure, vertex)"
+         azure, vertex, bedrock)"
     );
     for (t, kind) in [
         ("anthropic", "anthropic"),
@@ -392,29 +393,13 @@ fn an_azure_provider_takes_its_base_url_from_its_resource() {
 
 #[test]
 fn go_cloud_providers() {
-    // Enabled: an error naming the path and the supported types.
-    assert_eq!(
-        one_error(
-            "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n"
-        ),
-        "providers[1].type: bedrock is not supported by this relay (supported: anthropic, zai, \
-         minimax, ollama, azure, vertex); remove the provider or set enabled: false"
+    // Every Go type is a kind now: a bedrock provider without credentials says what it needs.
+    let err = one_error(
+        "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n",
     );
-    // Disabled (as in the Go example config): skipped with one warning, its fields quietly.
-    let (c, w) = load_env(
-        "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    \
-         enabled: false\n    region: us-east-1\n    aws_region: x\n    \
-         auth:\n      method: iam\n",
-        &[],
-    )
-    .unwrap();
-    assert_eq!(c.providers.len(), 1);
-    assert_eq!(
-        w,
-        vec![
-            "providers[1].type: bedrock providers are not supported by this relay; this one is \
-              disabled, so it is skipped"
-        ]
+    assert!(
+        err.starts_with("providers[1].keys: type bedrock needs credentials"),
+        "{err}"
     );
     // A disabled vertex provider as the Go example config has it (older field names, no
     // project): it loads; what it lacks is a warning, not an error.
@@ -952,7 +937,9 @@ health:
         ],
     )
     .unwrap();
-    assert_eq!(c.providers.len(), 2);
+    // Its disabled bedrock provider loads too (what it lacks is a warning).
+    assert_eq!(c.providers.len(), 3);
+    assert!(!c.providers[2].enabled);
     let k = &c.providers[0].keys[0];
     assert_eq!(
         (k.rpm_limit, k.itpm_limit, k.otpm_limit),
@@ -1346,6 +1333,8 @@ fn starter_config_commented_examples_load() {
         ("ZAI_API_KEY", "z"),
         ("MINIMAX_API_KEY", "m"),
         ("FOUNDRY_API_KEY", "f"),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "example-secret"),
     ];
     let (c, _) = match load_env(&uncommented, &env) {
         Ok(r) => r,
@@ -1354,7 +1343,15 @@ fn starter_config_commented_examples_load() {
     let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        ["anthropic", "zai", "minimax", "foundry", "vertex", "ollama"]
+        [
+            "anthropic",
+            "zai",
+            "minimax",
+            "foundry",
+            "vertex",
+            "bedrock",
+            "ollama"
+        ]
     );
     let keys = &c.providers[0].keys;
     assert_eq!(keys.len(), 3);

@@ -177,6 +177,17 @@ pub struct KeyConfig {
     /// `keys[].gcp_credentials_file` (type vertex): a Google credentials file whose OAuth
     /// tokens are the key; `key` then holds `gcp:` + the path (for the id and duplicates).
     pub gcp_credentials_file: Option<std::path::PathBuf>,
+    /// `keys[].aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`), type
+    /// bedrock: requests are signed with it (SigV4); `key` then holds `aws:` + the key id.
+    pub aws: Option<AwsCredential>,
+}
+
+/// One AWS credential of a Bedrock key.
+#[derive(Clone, Debug)]
+pub struct AwsCredential {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 impl KeyConfig {
@@ -193,6 +204,7 @@ impl KeyConfig {
             weight: 1.0,
             max_concurrent: 0,
             gcp_credentials_file: None,
+            aws: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use http::Uri;
 use super::error::ConfigError;
 use super::raw::{
     RawAuth, RawConfig, RawHealth, RawKey, RawLogging, RawMetrics, RawPooling, RawProvider,
-    RawRouting, RawServer, CLOUD_TYPES,
+    RawRouting, RawServer,
 };
 use super::types::*;
 use crate::pool::Strategy;
@@ -346,7 +346,6 @@ fn client_secret(v: Option<String>, path: &str, c: &mut Ctx) -> Option<Secret> {
 fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
     let mut out: Vec<ProviderConfig> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut skipped = 0;
     for (i, p) in raw.into_iter().enumerate() {
         let path = format!("providers[{i}]");
         let kind_text = p.kind.as_deref().map(|k| k.trim().to_ascii_lowercase());
@@ -355,27 +354,6 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
                 c.error(
                     format!("{path}.type"),
                     format!("is required (one of: {})", supported_kinds()),
-                );
-                None
-            }
-            Some(t) if CLOUD_TYPES.contains(&t) => {
-                if p.enabled == Some(false) {
-                    // The Go example config lists disabled bedrock/vertex/azure providers; such
-                    // a file must keep loading.
-                    c.warn(format!(
-                        "{path}.type: {t} providers are not supported by this relay; this one is \
-                         disabled, so it is skipped"
-                    ));
-                    skipped += 1;
-                    continue;
-                }
-                c.error(
-                    format!("{path}.type"),
-                    format!(
-                        "{t} is not supported by this relay (supported: {}); \
-                         remove the provider or set enabled: false",
-                        supported_kinds()
-                    ),
                 );
                 None
             }
@@ -461,6 +439,16 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             keys,
             options: p.options,
         };
+        if kind.name() != "bedrock" {
+            for (j, k) in provider.keys.iter().enumerate() {
+                if k.aws.is_some() {
+                    c.error(
+                        format!("{path}.keys[{j}].aws_access_key_id"),
+                        format!("is for type bedrock; type {} takes key", kind.name()),
+                    );
+                }
+            }
+        }
         if !kind.uses_tokens() {
             for (j, k) in provider.keys.iter().enumerate() {
                 if k.gcp_credentials_file.is_some() {
@@ -487,14 +475,9 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
     }
 
     if out.is_empty() {
-        let why = if skipped > 0 {
-            " (the ones in the file are all of unsupported types and disabled)"
-        } else {
-            ""
-        };
         c.error(
             "providers",
-            format!("at least one provider is required{why}; e.g. - {{ name: anthropic, type: anthropic }}"),
+            "at least one provider is required; e.g. - { name: anthropic, type: anthropic }",
         );
     } else if !out.is_empty() && out.iter().all(|p| !p.enabled) {
         c.warn("providers: every provider is disabled; requests will be refused".to_string());
@@ -635,6 +618,36 @@ fn pooling(raw: RawPooling, provider_path: &str, c: &mut Ctx) -> PoolingConfig {
     }
 }
 
+/// `aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`) of a key, both or
+/// neither.
+fn aws_credential(k: &RawKey, path: &str, c: &mut Ctx) -> Option<AwsCredential> {
+    fn field(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    match (field(&k.aws_access_key_id), field(&k.aws_secret_access_key)) {
+        (Some(id), Some(secret)) => Some(AwsCredential {
+            access_key_id: id.to_owned(),
+            secret_access_key: Secret::new(secret),
+            session_token: field(&k.aws_session_token).map(Secret::new),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            c.error(
+                format!("{path}.aws_secret_access_key"),
+                "is required with aws_access_key_id",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.error(
+                format!("{path}.aws_access_key_id"),
+                "is required with aws_secret_access_key",
+            );
+            None
+        }
+    }
+}
+
 fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
     let mut out: Vec<KeyConfig> = Vec::with_capacity(raw.len());
     // fingerprint → index, id → index: to report duplicates by position, never by value.
@@ -648,7 +661,17 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
             .map(str::trim)
             .filter(|f| !f.is_empty())
             .map(std::path::PathBuf::from);
+        let aws = aws_credential(&k, &path, c);
         let secret = match (k.key.as_deref().map(str::trim), &credentials_file) {
+            _ if aws.is_some() => {
+                if k.key.is_some() || credentials_file.is_some() {
+                    c.error(
+                        format!("{path}.aws_access_key_id"),
+                        "give either an AWS credential or key, not both",
+                    );
+                }
+                aws.as_ref().map(|a| format!("aws:{}", a.access_key_id))
+            }
             (Some(_), Some(_)) => {
                 c.error(
                     format!("{path}.gcp_credentials_file"),
@@ -783,6 +806,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 weight,
                 max_concurrent,
                 gcp_credentials_file: credentials_file,
+                aws,
             });
         }
     }

@@ -92,21 +92,24 @@ impl ProviderKind for AnthropicCompatible {
         }
         prepare_wire(request)
     }
+}
 
-    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
-        let mut limits = RateLimitHeaders::default();
-        for (name, value) in response.headers.iter() {
-            if name.as_str().starts_with(RATE_LIMIT_PREFIX) {
-                limits.observe(name.as_str(), value.as_bytes(), now);
-            }
+/// The `anthropic-ratelimit-*` headers of a response (the default for every kind: the clouds
+/// send none, and would be read the same way if they did).
+pub(super) fn rate_limit_headers(response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
+    let mut limits = RateLimitHeaders::default();
+    for (name, value) in response.headers.iter() {
+        if name.as_str().starts_with(RATE_LIMIT_PREFIX) {
+            limits.observe(name.as_str(), value.as_bytes(), now);
         }
-        limits
     }
+    limits
+}
 
-    fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-        let value = response.headers.get(http::header::RETRY_AFTER)?;
-        parse_retry_after(value.as_bytes(), now)
-    }
+/// A response's `retry-after` (seconds or an HTTP date).
+pub(super) fn retry_after_header(response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+    let value = response.headers.get(http::header::RETRY_AFTER)?;
+    parse_retry_after(value.as_bytes(), now)
 }
 
 /// What every kind that speaks Anthropic's wire format does to an attempt's request: `Host`,
@@ -161,6 +164,8 @@ mod tests {
             host: &host,
             credential: credential.as_ref(),
             body: &mut body,
+            key: None,
+            options: &serde_yaml::Mapping::new(),
         })
         .unwrap();
         header

@@ -20,7 +20,6 @@ use super::anthropic::{prepare_wire, ANTHROPIC};
 use super::reshape::error_adapter;
 use super::{kind_option, ProviderKind, ResponseAdapter, UpstreamRequest};
 use crate::config::{ConfigError, FieldSchema, ProviderConfig};
-use crate::pool::RateLimitHeaders;
 
 pub struct Foundry;
 
@@ -111,10 +110,6 @@ impl ProviderKind for Foundry {
         prepare_wire(request)
     }
 
-    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
-        ANTHROPIC.rate_limits(response, now)
-    }
-
     fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
         let ms = ["retry-after-ms", "x-ms-retry-after-ms"]
             .iter()
@@ -122,10 +117,14 @@ impl ProviderKind for Foundry {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_millis);
-        ms.or_else(|| ANTHROPIC.retry_after(response, now))
+        ms.or_else(|| super::anthropic::retry_after_header(response, now))
     }
 
-    fn response_adapter(&self, response: &ResponseHeader) -> Option<Box<dyn ResponseAdapter>> {
+    fn response_adapter(
+        &self,
+        response: &mut ResponseHeader,
+        _counting: bool,
+    ) -> Option<Box<dyn ResponseAdapter>> {
         error_adapter(response, "Azure")
     }
 }

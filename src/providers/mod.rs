@@ -1,4 +1,4 @@
-//! Provider kinds: everything that makes an upstream "anthropic", "zai" or (next) "bedrock"
+//! Provider kinds: everything that makes an upstream "anthropic", "zai", "vertex" or "bedrock"
 //! lives in the kind's own module, behind [`ProviderKind`]. The rest of the relay asks the kind:
 //! the config walker for its own fields, validation for their checks and its default base URL,
 //! the proxy for how to prepare an attempt's request, what a response status means, what the
@@ -14,6 +14,7 @@
 
 mod anthropic;
 mod azure;
+pub mod bedrock;
 mod classify;
 pub mod gcp_token;
 mod reshape;
@@ -84,14 +85,24 @@ pub trait ProviderKind: Send + Sync + 'static {
     }
 
     /// What the response headers say about the key's limits (authoritative for the pool).
-    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders;
+    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
+        anthropic::rate_limit_headers(response, now)
+    }
 
     /// How long a throttled key should rest, when the response says.
-    fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration>;
+    fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+        anthropic::retry_after_header(response, now)
+    }
 
     /// A response body adapter for a kind whose wire format is not Anthropic's SSE or JSON
-    /// (e.g. an event stream to re-emit as SSE), applied before usage is read.
-    fn response_adapter(&self, _response: &ResponseHeader) -> Option<Box<dyn ResponseAdapter>> {
+    /// (e.g. an event stream to re-emit as SSE), applied before usage is read. It may rewrite
+    /// the response header to match (content type, status). `counting`: the request was
+    /// `count_tokens`.
+    fn response_adapter(
+        &self,
+        _response: &mut ResponseHeader,
+        _counting: bool,
+    ) -> Option<Box<dyn ResponseAdapter>> {
         None
     }
 }
@@ -116,6 +127,10 @@ pub struct UpstreamRequest<'a> {
     pub credential: Option<&'a (HeaderName, HeaderValue)>,
     /// The body to send; the kind may replace it (a translation, or a signature over it).
     pub body: &'a mut Bytes,
+    /// The key of this attempt (`None` = passthrough), for kinds that sign with it.
+    pub key: Option<&'a crate::config::KeyConfig>,
+    /// The provider's kind-specific fields (`ProviderConfig::options`), e.g. its AWS region.
+    pub options: &'a serde_yaml::Mapping,
 }
 
 /// A kind's own field of `provider` (`ProviderConfig::options`), trimmed; `None` when absent
@@ -162,6 +177,7 @@ pub static KINDS: &[Kind] = &[
     Kind(&OLLAMA),
     Kind(&AZURE),
     Kind(&VERTEX),
+    Kind(&bedrock::BEDROCK),
 ];
 
 /// The kind named `name` (as written in `type:`, matched case-insensitively).

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -17,12 +16,10 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType};
 use serde_json::value::RawValue;
 
-use super::anthropic::ANTHROPIC;
 use super::gcp_token::{check, CredentialSource};
 use super::reshape::error_adapter;
 use super::{kind_option, ProviderKind, ResponseAdapter, UpstreamRequest, Verdict};
 use crate::config::{parse_base_url, ConfigError, FieldSchema, KeyConfig, ProviderConfig};
-use crate::pool::RateLimitHeaders;
 
 pub struct Vertex;
 
@@ -178,15 +175,11 @@ impl ProviderKind for Vertex {
         }
     }
 
-    fn rate_limits(&self, response: &ResponseHeader, now: SystemTime) -> RateLimitHeaders {
-        ANTHROPIC.rate_limits(response, now)
-    }
-
-    fn retry_after(&self, response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-        ANTHROPIC.retry_after(response, now)
-    }
-
-    fn response_adapter(&self, response: &ResponseHeader) -> Option<Box<dyn ResponseAdapter>> {
+    fn response_adapter(
+        &self,
+        response: &mut ResponseHeader,
+        _counting: bool,
+    ) -> Option<Box<dyn ResponseAdapter>> {
         error_adapter(response, "Google")
     }
 }

@@ -143,6 +143,8 @@ impl Attempt {
             base_url: &provider.config.base_url,
             host: &provider.host_value,
             credential: credential.as_ref(),
+            key: self.key_index().map(|i| &provider.config.keys[i]),
+            options: &provider.config.options,
             body: &mut self.body,
         })
     }

@@ -573,7 +573,11 @@ impl ProxyHttp for Relay {
                 upstream_response,
                 provider.config.kind.classify(status),
             );
-            ctx.adapter = provider.config.kind.response_adapter(upstream_response);
+            let counting = ctx.endpoint == Endpoint::CountTokens;
+            ctx.adapter = provider
+                .config
+                .kind
+                .response_adapter(upstream_response, counting);
             if ctx.adapter.is_some() {
                 // The body changes length: send it chunked.
                 upstream_response.remove_header(&http::header::CONTENT_LENGTH);

@@ -9,6 +9,7 @@
 //! The request path takes no locks beyond brief std mutexes for recording and per-key counters
 //! (and the fault book, only while faults are armed), so it stays out of the way in load tests.
 
+mod bedrock;
 mod body;
 mod faults;
 mod limits;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use bedrock::BedrockMock;
 pub use vertex::VertexMock;
 
 /// Behaviour of a [`MockUpstream`]; per-request `x-mock-*` headers override most of it.
@@ -50,6 +52,8 @@ pub struct MockConfig {
     pub foundry_keys: Option<Vec<String>>,
     /// Act as Vertex AI (see [`VertexMock`]).
     pub vertex: Option<VertexMock>,
+    /// Act as AWS Bedrock (see [`BedrockMock`]).
+    pub bedrock: Option<BedrockMock>,
 }
 
 impl Default for MockConfig {
@@ -63,6 +67,7 @@ impl Default for MockConfig {
             default_limits: KeyLimits::default(),
             foundry_keys: None,
             vertex: None,
+            bedrock: None,
         }
     }
 }
@@ -249,4 +254,23 @@ impl MockUpstream {
 /// panicked, and a test helper must not cascade one failure into all later requests.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `%XX` escapes of a path segment decoded (Vertex and Bedrock model ids).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -82,6 +82,7 @@ async fn run(args: Args) -> std::io::Result<()> {
         },
         foundry_keys: (!args.foundry_keys.is_empty()).then_some(args.foundry_keys),
         vertex: None,
+        bedrock: None,
     };
     // Install handlers before announcing readiness: a script may signal as soon as it reads
     // the line, and the default disposition would kill us uncleanly.

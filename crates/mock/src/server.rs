@@ -25,6 +25,7 @@ use super::{lock, Fault, RecordedRequest, Shared};
 
 const JSON: &str = "application/json";
 const SSE: &str = "text/event-stream; charset=utf-8";
+const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -155,7 +156,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         .to_bytes();
     let headers = &parts.headers;
-    let key = credential(headers);
+    // Bedrock mode: authenticate and translate first (the credential is the signing key id).
+    let mut bedrock_key = None;
+    let mut bedrock_route = None;
+    if let Some(cfg) = &shared.cfg.bedrock {
+        match super::bedrock::route(cfg, &parts, &body) {
+            super::bedrock::Routed::Api(path, translated, stream, key) => {
+                bedrock_key = Some(key);
+                bedrock_route = Some((path, translated, stream));
+            }
+            super::bedrock::Routed::Error(status, exception, message) => {
+                if shared.cfg.record {
+                    record(&shared, &parts, &body, None);
+                }
+                return Ok(bedrock_error(status, exception, &message, &request_id));
+            }
+        }
+    }
+    let key = bedrock_key.as_deref().or_else(|| credential(headers));
     if let Some(k) = key {
         shared.keys.count(k);
     }
@@ -164,6 +182,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
     }
 
     let mut path = parts.uri.path();
+    if let Some((anthropic_path, translated, _)) = bedrock_route {
+        path = anthropic_path;
+        body = translated;
+    }
     if let Some(cfg) = &shared.cfg.vertex {
         let vertex = (cfg, &shared.tokens, shared.token_uri.as_str());
         let routed = super::vertex::route(vertex, &parts, &body);
@@ -228,6 +250,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
             retry_after,
         }) => {
             let mut resp = match (foundry, &shared.cfg.vertex) {
+                _ if shared.cfg.bedrock.is_some() => {
+                    let exception = super::bedrock::exception_for(status);
+                    bedrock_error(status, exception, "mock: injected", &request_id)
+                }
                 (_, Some(_)) => {
                     let state = if status == 429 {
                         "RESOURCE_EXHAUSTED"
@@ -259,7 +285,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
         (&Method::POST, "/v1/messages") => messages(&shared, key, &body, knobs, fault, &request_id),
         (&Method::POST, "/v1/messages/count_tokens") => match parse_request(&body) {
             Ok(_) => {
-                let json = format!("{{\"input_tokens\":{}}}", input_tokens(&body));
+                let json = if shared.cfg.bedrock.is_some() {
+                    format!("{{\"inputTokens\":{}}}", input_tokens(&body))
+                } else {
+                    format!("{{\"input_tokens\":{}}}", input_tokens(&body))
+                };
                 json_response(200, &request_id, Bytes::from(json), body_fault(fault))
             }
             Err(msg) => invalid_request(&request_id, &msg),
@@ -334,6 +364,10 @@ fn messages(
                     retry_after_secs,
                     headers,
                 } => {
+                    if shared.cfg.bedrock.is_some() {
+                        let message = "Too many requests, please wait before trying again.";
+                        return bedrock_error(429, "ThrottlingException", message, request_id);
+                    }
                     if shared.cfg.foundry_keys.is_some() {
                         let mut resp = azure_error(429, None, request_id);
                         let seconds = HeaderValue::from(retry_after_secs);
@@ -363,7 +397,12 @@ fn messages(
         Some(Fault::RateLimitHeaders(h)) => Some(h.clone()),
         _ => None,
     };
-    let mut resp = if req.stream {
+    let bedrock = shared.cfg.bedrock.is_some();
+    let (input, output) = (reply.input_tokens, reply.output_tokens);
+    let mut resp = if req.stream && bedrock {
+        let frames = sse::event_stream(reply, body_fault(fault));
+        respond(200, EVENT_STREAM, request_id, frames)
+    } else if req.stream {
         let mut r = respond(200, SSE, request_id, sse::stream(reply, body_fault(fault)));
         r.headers_mut()
             .insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -377,9 +416,16 @@ fn messages(
         )
     };
     let h = resp.headers_mut();
-    // Foundry and Vertex send no rate-limit headers.
-    if shared.cfg.foundry_keys.is_none() && shared.cfg.vertex.is_none() {
+    // Foundry, Vertex and Bedrock send no rate-limit headers; Bedrock counts tokens in its own.
+    if shared.cfg.foundry_keys.is_none() && shared.cfg.vertex.is_none() && !bedrock {
         add_rate_headers(h, &rate_headers);
+    }
+    if bedrock && !req.stream {
+        h.insert("x-amzn-bedrock-input-token-count", HeaderValue::from(input));
+        h.insert(
+            "x-amzn-bedrock-output-token-count",
+            HeaderValue::from(output),
+        );
     }
     for (name, value) in explicit.iter().flatten() {
         if let (Ok(n), Ok(v)) = (
@@ -398,6 +444,27 @@ fn add_rate_headers(h: &mut HeaderMap, rate: &RateHeaders) {
             h.insert(*name, v);
         }
     }
+}
+
+/// An error as Bedrock answers it: `x-amzn-ErrorType` and `{"message"}`.
+fn bedrock_error(
+    status: u16,
+    exception: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<MockBody> {
+    let mut resp = respond(
+        status,
+        JSON,
+        request_id,
+        super::bedrock::error_body(message),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{exception}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    )) {
+        resp.headers_mut().insert("x-amzn-errortype", v);
+    }
+    resp
 }
 
 fn azure_error(status: u16, message: Option<&str>, request_id: &str) -> Response<MockBody> {

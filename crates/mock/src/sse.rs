@@ -118,11 +118,39 @@ fn event(r: &Reply, i: usize) -> Bytes {
 /// paced and faulted.
 pub(super) fn stream(r: Reply, fault: BodyFault) -> MockBody {
     let (tx, body) = body::channel();
-    tokio::spawn(produce_stream(r, fault, tx));
+    tokio::spawn(produce_stream(r, fault, tx, false));
     body
 }
 
-async fn produce_stream(r: Reply, fault: BodyFault, tx: Sender<Chunk>) {
+/// The same stream as Bedrock sends it: each event an event-stream frame, written in odd-sized
+/// pieces; an error becomes an exception frame.
+pub(super) fn event_stream(r: Reply, fault: BodyFault) -> MockBody {
+    let (tx, body) = body::channel();
+    tokio::spawn(produce_stream(r, fault, tx, true));
+    body
+}
+
+/// Send `bytes`, as Bedrock frames when `framed`, in pieces of 7, 13 and 29 bytes in turn.
+async fn send(tx: &Sender<Chunk>, bytes: Bytes, framed: bool) -> bool {
+    if !framed {
+        return tx.send(Ok(bytes)).await.is_ok();
+    }
+    let frame = super::bedrock::frame_of_sse(&bytes);
+    let mut at = 0;
+    for size in [7usize, 13, 29].iter().cycle() {
+        if at >= frame.len() {
+            return true;
+        }
+        let end = (at + size).min(frame.len());
+        if tx.send(Ok(frame.slice(at..end))).await.is_err() {
+            return false;
+        }
+        at = end;
+    }
+    true
+}
+
+async fn produce_stream(r: Reply, fault: BodyFault, tx: Sender<Chunk>, framed: bool) {
     let total = r.events + 6;
     // Position `total` is "after the last event": faults with larger counts act there.
     for i in 0..=total {
@@ -131,7 +159,7 @@ async fn produce_stream(r: Reply, fault: BodyFault, tx: Sender<Chunk>) {
             BodyFault::Drop(n) if due(*n) => return cut(tx).await,
             BodyFault::ErrorEvent(n, ty) if due(*n) => {
                 // Anthropic ends the stream normally after an error event.
-                let _ = tx.send(Ok(error_event(ty))).await;
+                let _ = send(&tx, error_event(ty), framed).await;
                 return;
             }
             _ => {}
@@ -150,7 +178,7 @@ async fn produce_stream(r: Reply, fault: BodyFault, tx: Sender<Chunk>) {
         if is_delta && !r.interval.is_zero() && !pause(&tx, r.interval).await {
             return;
         }
-        if tx.send(Ok(event(&r, i))).await.is_err() {
+        if !send(&tx, event(&r, i), framed).await {
             return; // client gone
         }
     }

@@ -147,7 +147,7 @@ pub(super) fn route(
                     format!("{verb} does not match stream: {streaming}"),
                 );
             }
-            let model = percent_decode(model);
+            let model = super::percent_decode(model);
             fields.insert("model".into(), serde_json::Value::String(model));
             "/v1/messages"
         }
@@ -157,24 +157,6 @@ pub(super) fn route(
         anthropic_path,
         Bytes::from(serde_json::Value::Object(fields).to_string()),
     )
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(serde::Deserialize)]
