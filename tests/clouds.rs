@@ -628,3 +628,36 @@ async fn a_bedrock_api_key_goes_as_a_bearer_token_and_a_model_fails_over_to_bedr
     assert_eq!(streamed, 3);
     assert!(anthropic.request_count() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_keys_bedrock_signs_with_the_shared_credentials_files_profile() {
+    let mock = bedrock_mock().await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIDMOCKONE\naws_secret_access_key = wrong\n\n\
+         [relay]\n# the profile AWS_PROFILE names\naws_access_key_id = AKIDMOCKTWO\n\
+         aws_secret_access_key = secret-two/ghi+jkl\n",
+    )
+    .unwrap();
+    let body = format!(
+        "providers:\n  - name: bedrock\n    type: bedrock\n    base_url: \"{}\"\n    \
+         aws_region: us-east-1\n",
+        mock.base_url()
+    );
+    let relay = RelayProcess::start_with_env(
+        "",
+        &body,
+        &[
+            ("HOME", home.path().to_str().unwrap()),
+            ("AWS_PROFILE", "relay"),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+    );
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    assert_eq!(mock.requests_by_key().get("AKIDMOCKTWO"), Some(&1));
+    assert!(!relay.logs().contains("secret-two"));
+}

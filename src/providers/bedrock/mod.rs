@@ -31,6 +31,39 @@ static FIELDS: [(&str, FieldSchema); 3] = [
     ("aws_secret_access_key", FieldSchema::Str),
 ];
 
+/// The shared credentials file's profile (`AWS_SHARED_CREDENTIALS_FILE`, else
+/// `~/.aws/credentials`; `AWS_PROFILE`, else `default`): key id, secret, session token.
+fn profile_credentials() -> Option<(Option<String>, Option<String>, Option<String>)> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let path = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))?;
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut in_profile = false;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !in_profile || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let value = Some(value.trim().to_owned()).filter(|v| !v.is_empty());
+        match key.trim() {
+            "aws_access_key_id" => id = value,
+            "aws_secret_access_key" => secret = value,
+            "aws_session_token" => token = value,
+            _ => {}
+        }
+    }
+    Some((id, secret, token))
+}
+
 /// The region of a provider (checked by `configure`).
 fn region(provider_options: &serde_yaml::Mapping) -> &str {
     provider_options
@@ -92,11 +125,10 @@ impl ProviderKind for Bedrock {
             let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             let (id, secret, token) = match own {
                 (Some(id), Some(secret)) => (Some(id), Some(secret), None),
-                _ => (
-                    env("AWS_ACCESS_KEY_ID"),
-                    env("AWS_SECRET_ACCESS_KEY"),
-                    env("AWS_SESSION_TOKEN"),
-                ),
+                _ => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                    (Some(id), Some(secret)) => (Some(id), Some(secret), env("AWS_SESSION_TOKEN")),
+                    _ => profile_credentials().unwrap_or_default(),
+                },
             };
             match (id, secret) {
                 (Some(id), Some(secret)) => {
@@ -113,8 +145,9 @@ impl ProviderKind for Bedrock {
                     format!("{path}.keys"),
                     "type bedrock needs credentials: keys with aws_access_key_id and \
                      aws_secret_access_key (or key: a Bedrock API key), the provider's own \
-                     aws_access_key_id/aws_secret_access_key, or AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY in the environment",
+                     aws_access_key_id/aws_secret_access_key, AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY in the environment, or a profile in the shared \
+                     credentials file",
                 )),
             }
         }
