@@ -661,3 +661,34 @@ async fn without_keys_bedrock_signs_with_the_shared_credentials_files_profile() 
     assert_eq!(mock.requests_by_key().get("AKIDMOCKTWO"), Some(&1));
     assert!(!relay.logs().contains("secret-two"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_without_a_model_is_the_clients_400_on_vertex_and_bedrock() {
+    // Both put the model in the URL: without one there is nothing to send, and the client is
+    // told why rather than getting a 500.
+    let (vertex, sa) = vertex_mock(std::time::Duration::from_secs(3600)).await;
+    let bedrock = bedrock_mock().await;
+    for config in [
+        vertex_config(&vertex, &sa),
+        bedrock_config(
+            &bedrock,
+            &[("acct-1", "AKIDMOCKONE", "secret-one/abc+def")],
+            "",
+        ),
+    ] {
+        let relay = RelayProcess::start("", &config);
+        let body =
+            serde_json::json!({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let refused = post_messages(&relay, &body, &[]).await;
+        assert_eq!(refused.status(), 400);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(error_type(&body), "invalid_request_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("names no model"),
+            "{body}"
+        );
+    }
+}

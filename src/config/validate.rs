@@ -439,7 +439,7 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
             keys,
             options: p.options,
         };
-        if kind.name() != "bedrock" {
+        if !kind.takes_aws_credentials() {
             for (j, k) in provider.keys.iter().enumerate() {
                 if k.aws.is_some() {
                     c.error(

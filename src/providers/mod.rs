@@ -17,9 +17,10 @@ mod azure;
 pub mod bedrock;
 mod classify;
 pub mod gcp_token;
-mod reshape;
+pub mod reshape;
 mod resolve;
 mod vertex;
+mod wire;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -76,6 +77,12 @@ pub trait ProviderKind: Send + Sync + 'static {
         false
     }
 
+    /// Whether its keys may be AWS credentials (`aws_access_key_id`, … in `keys`), with which
+    /// `prepare` signs.
+    fn takes_aws_credentials(&self) -> bool {
+        false
+    }
+
     /// Prepare one attempt's upstream request: target, `Host`, credential, body.
     fn prepare(&self, request: &mut UpstreamRequest<'_>) -> pingora::Result<()>;
 
@@ -106,6 +113,12 @@ pub trait ProviderKind: Send + Sync + 'static {
         None
     }
 }
+
+/// The error type of a kind's `prepare` when the client's body cannot be sent to the provider
+/// (e.g. it names no model, which Vertex and Bedrock need for the URL): the relay answers it
+/// with a 400 carrying the kind's message, as the client's mistake.
+pub const UNSENDABLE_BODY: pingora::ErrorType =
+    pingora::ErrorType::Custom("the request body cannot be sent to this provider");
 
 /// Rewrites a response body chunk by chunk (sync: Pingora's body filters are).
 pub trait ResponseAdapter: Send + Sync {

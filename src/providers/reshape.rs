@@ -1,5 +1,5 @@
-//! Errors in a cloud's shape rewritten into Anthropic's, so that clients and SDKs raise the
-//! error classes they know whichever provider answered.
+//! Whole small bodies rewritten ([`whole_body`]): errors in a cloud's shape into Anthropic's,
+//! so that clients and SDKs raise the error classes they know whichever provider answered.
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -17,14 +17,14 @@ pub fn error_adapter(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.contains("json"));
-    (status >= 400 && json).then(|| ErrorReshaper::boxed(status, cloud))
+    (status >= 400 && json).then(|| whole_body(move |body| reshape(status, cloud, body)))
 }
 
-/// An error body longer than this is passed on as it is rather than buffered and rewritten.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+/// A body longer than this is passed on as it is rather than buffered and rewritten.
+const MAX_WHOLE_BODY: usize = 64 * 1024;
 
 /// Anthropic's error type for an HTTP status.
-fn error_type(status: u16) -> &'static str {
+pub fn error_type(status: u16) -> &'static str {
     match status {
         400 | 422 => "invalid_request_error",
         401 => "authentication_error",
@@ -37,45 +37,42 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// Rewrites a cloud-shaped error body (`{"error":{"code","message"[,"status"]}}`, Azure's and
-/// Google's, also inside a one-element array) into Anthropic's; an Anthropic-shaped one, or
-/// anything it does not recognise, passes unchanged.
-pub struct ErrorReshaper {
-    status: u16,
-    /// Whose codes these are, for the message (`Azure`, `Google`).
-    cloud: &'static str,
+/// An adapter that holds a small body whole, then sends `rewrite`'s version of it (`None`:
+/// the body as it came). A body past [`MAX_WHOLE_BODY`] is let through unchanged.
+pub fn whole_body<F>(rewrite: F) -> Box<dyn ResponseAdapter>
+where
+    F: FnOnce(&[u8]) -> Option<Bytes> + Send + Sync + 'static,
+{
+    Box::new(WholeBody {
+        rewrite: Some(rewrite),
+        buffered: BytesMut::new(),
+    })
+}
+
+struct WholeBody<F> {
+    /// Taken when it has run, or when the body turned out too long for it.
+    rewrite: Option<F>,
     buffered: BytesMut,
-    /// Too long to buffer: what was held has been let through, the rest follows as it comes.
-    passing: bool,
 }
 
-impl ErrorReshaper {
-    pub fn boxed(status: u16, cloud: &'static str) -> Box<dyn ResponseAdapter> {
-        Box::new(ErrorReshaper {
-            status,
-            cloud,
-            buffered: BytesMut::new(),
-            passing: false,
-        })
-    }
-}
-
-impl ResponseAdapter for ErrorReshaper {
+impl<F> ResponseAdapter for WholeBody<F>
+where
+    F: FnOnce(&[u8]) -> Option<Bytes> + Send + Sync,
+{
     fn adapt(&mut self, chunk: &mut Option<Bytes>, end_of_stream: bool) {
-        if self.passing {
+        if self.rewrite.is_none() {
             return;
         }
         if let Some(data) = chunk.take() {
             self.buffered.extend_from_slice(&data);
         }
-        if self.buffered.len() > MAX_ERROR_BODY {
-            self.passing = true;
+        if self.buffered.len() > MAX_WHOLE_BODY {
+            self.rewrite = None;
             *chunk = Some(std::mem::take(&mut self.buffered).freeze());
-            return;
-        }
-        if end_of_stream {
+        } else if end_of_stream {
             let body = std::mem::take(&mut self.buffered).freeze();
-            *chunk = Some(reshape(self.status, self.cloud, &body).unwrap_or(body));
+            let rewritten = self.rewrite.take().and_then(|rewrite| rewrite(&body));
+            *chunk = Some(rewritten.unwrap_or(body));
         }
     }
 }
@@ -119,7 +116,7 @@ mod tests {
     use super::*;
 
     fn adapt_all(status: u16, parts: &[&[u8]]) -> Vec<u8> {
-        let mut adapter = ErrorReshaper::boxed(status, "Azure");
+        let mut adapter = whole_body(move |body| reshape(status, "Azure", body));
         let mut out = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let mut chunk = Some(Bytes::copy_from_slice(part));

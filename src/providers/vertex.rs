@@ -6,18 +6,15 @@
 //! Anthropic's). Each key is a Google credential (`gcp_credentials_file`, or Application
 //! Default Credentials when the provider lists none) whose OAuth token `gcp_token` keeps fresh.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType};
-use serde_json::value::RawValue;
 
 use super::gcp_token::{check, CredentialSource};
 use super::reshape::error_adapter;
+use super::wire::{path_segment, top_level, write_field, TopLevel};
 use super::{kind_option, ProviderKind, ResponseAdapter, UpstreamRequest, Verdict};
 use crate::config::{parse_base_url, ConfigError, FieldSchema, KeyConfig, ProviderConfig};
 
@@ -143,7 +140,7 @@ impl ProviderKind for Vertex {
             .unwrap_or((request.origin, ""));
         let counting = path.trim_end_matches('/') == "/v1/messages/count_tokens";
         let translated = translate(request.body, counting)
-            .map_err(|m| Error::explain(ErrorType::InternalError, m))?;
+            .map_err(|m| Error::explain(super::UNSENDABLE_BODY, m))?;
         let method = match (counting, translated.stream) {
             (true, _) => "count-tokens:rawPredict".to_owned(),
             (false, true) => format!("{}:streamRawPredict", encode_segment(&translated.model)),
@@ -194,22 +191,18 @@ struct Translated {
 /// Drop `model` (kept for count_tokens, whose path names no model), add `anthropic_version`;
 /// everything else is copied as it came, unparsed.
 fn translate(body: &[u8], counting: bool) -> Result<Translated, String> {
-    let fields: BTreeMap<Cow<'_, str>, &RawValue> =
-        serde_json::from_slice(body).map_err(|e| format!("vertex: request body: {e}"))?;
-    let model = fields
-        .get("model")
-        .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
-        .ok_or("vertex: the request names no model")?;
-    let stream = fields.get("stream").is_some_and(|s| s.get() == "true");
+    let TopLevel {
+        fields,
+        model,
+        stream,
+    } = top_level(body, "vertex")?;
     let mut out = Vec::with_capacity(body.len() + 48);
     out.push(b'{');
     for (name, value) in &fields {
         if (name == "model" && !counting) || name == "anthropic_version" {
             continue;
         }
-        serde_json::to_writer(&mut out, name.as_ref()).map_err(|e| e.to_string())?;
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
+        write_field(&mut out, name, value);
         out.push(b',');
     }
     out.extend_from_slice(b"\"anthropic_version\":\"");
@@ -222,18 +215,9 @@ fn translate(body: &[u8], counting: bool) -> Result<Translated, String> {
     })
 }
 
-/// `model` as one path segment: unreserved characters and `@` (Vertex's version separator)
-/// as they are, the rest percent-encoded.
+/// `model` as one path segment, `@` (Vertex's version separator) kept.
 fn encode_segment(model: &str) -> String {
-    let mut out = String::with_capacity(model.len());
-    for b in model.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    path_segment(model, b"@")
 }
 
 #[cfg(test)]

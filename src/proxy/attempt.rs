@@ -137,15 +137,22 @@ impl Attempt {
             // Passthrough: the client's upstream credential goes on, the relay's own does not.
             upstream.remove_header(header);
         }
-        provider.config.kind.prepare(&mut UpstreamRequest {
+        let prepared = provider.config.kind.prepare(&mut UpstreamRequest {
             header: upstream,
             origin,
             base_url: &provider.config.base_url,
             host: &provider.host_value,
-            credential: credential.as_ref(),
+            credential: credential.as_deref(),
             key: self.key_index().map(|i| &provider.config.keys[i]),
             options: &provider.config.options,
             body: &mut self.body,
+        });
+        // A body the provider cannot take is the client's to fix: a 400 saying why, not a 500.
+        prepared.map_err(|e| match (e.etype(), &e.context) {
+            (t, Some(why)) if *t == crate::providers::UNSENDABLE_BODY => {
+                super::errors::answer(super::ApiError::InvalidRequest(why.as_str().to_owned()))
+            }
+            _ => e,
         })
     }
 }

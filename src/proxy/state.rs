@@ -53,17 +53,19 @@ impl ProviderRuntime {
         self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
     }
 
-    /// The credential header (name and sensitive value) of the key at `index` of the pool.
-    pub fn credential(&self, index: usize) -> &(HeaderName, HeaderValue) {
-        &self.credentials[index]
-    }
-
     /// The credential to send for the key at `index`: its current OAuth token for kinds that
     /// use them (`None` while it has none), else its fixed header.
-    pub fn current_credential(&self, index: usize) -> Option<(HeaderName, HeaderValue)> {
+    pub fn current_credential(
+        &self,
+        index: usize,
+    ) -> Option<std::borrow::Cow<'_, (HeaderName, HeaderValue)>> {
         match self.tokens.get(index) {
-            Some(slot) => slot.as_ref().and_then(|s| s.credential()),
-            None => Some(self.credentials[index].clone()),
+            Some(slot) => slot
+                .as_ref()
+                .and_then(|s| s.credential())
+                .map(std::borrow::Cow::Owned),
+            // The fixed header, built once per config: borrowed, not cloned per request.
+            None => Some(std::borrow::Cow::Borrowed(&self.credentials[index])),
         }
     }
 

@@ -5,12 +5,10 @@
 //! not know) is dropped with a debug line rather than costing the client a 400. Fields are
 //! copied unparsed.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::value::RawValue;
+
+use crate::providers::wire::{path_segment, top_level, write_field, TopLevel};
 
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
@@ -51,13 +49,11 @@ pub struct Invoke {
 
 /// Translate a Messages body (and the client's `anthropic-beta` header, if any).
 pub fn invoke(body: &[u8], beta_header: Option<&str>) -> Result<Invoke, String> {
-    let fields: BTreeMap<Cow<'_, str>, &RawValue> =
-        serde_json::from_slice(body).map_err(|e| format!("bedrock: request body: {e}"))?;
-    let model = fields
-        .get("model")
-        .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
-        .ok_or("bedrock: the request names no model")?;
-    let stream = fields.get("stream").is_some_and(|s| s.get() == "true");
+    let TopLevel {
+        fields,
+        model,
+        stream,
+    } = top_level(body, "bedrock")?;
     let mut out = Vec::with_capacity(body.len() + 96);
     out.extend_from_slice(b"{\"anthropic_version\":\"");
     out.extend_from_slice(ANTHROPIC_VERSION.as_bytes());
@@ -65,9 +61,7 @@ pub fn invoke(body: &[u8], beta_header: Option<&str>) -> Result<Invoke, String> 
     for (name, value) in &fields {
         if FIELDS.contains(&name.as_ref()) {
             out.push(b',');
-            serde_json::to_writer(&mut out, name.as_ref()).map_err(|e| e.to_string())?;
-            out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
+            write_field(&mut out, name, value);
         } else if !matches!(name.as_ref(), "model" | "stream" | "anthropic_version") {
             log::debug!("bedrock: dropped the field {name:?}, which Bedrock refuses");
         }
@@ -103,18 +97,9 @@ pub fn count_tokens(invoke_body: &[u8]) -> Bytes {
     Bytes::from(serde_json::json!({"input": {"invokeModel": {"body": encoded}}}).to_string())
 }
 
-/// A model id as one path segment: unreserved characters and `:` as they are, the rest
-/// percent-encoded (an ARN's `/` becomes `%2F`), as the SDKs send it.
+/// A model id as one path segment, `:` kept (an ARN's `/` becomes `%2F`), as the SDKs send it.
 pub fn model_segment(model: &str) -> String {
-    let mut out = String::with_capacity(model.len() + 8);
-    for b in model.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    path_segment(model, b":")
 }
 
 /// The route for `model`: invoke, invoke-with-response-stream or count-tokens.

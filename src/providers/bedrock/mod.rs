@@ -10,12 +10,13 @@ pub mod stream;
 
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType};
 
+use super::reshape::whole_body;
 use super::{kind_option, ProviderKind, ResponseAdapter, UpstreamRequest, Verdict};
 use crate::config::{
     parse_base_url, AwsCredential, ConfigError, FieldSchema, KeyConfig, ProviderConfig, Secret,
@@ -154,6 +155,10 @@ impl ProviderKind for Bedrock {
         errors
     }
 
+    fn takes_aws_credentials(&self) -> bool {
+        true
+    }
+
     /// A Bedrock API key goes as a bearer token; AWS credentials sign each request instead.
     fn credential(&self, key: &str) -> Option<(HeaderName, HeaderValue)> {
         let value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
@@ -181,7 +186,8 @@ impl ProviderKind for Bedrock {
         ] {
             header.remove_header(name);
         }
-        let invoke = body::invoke(request.body, betas.as_deref()).map_err(fail)?;
+        let invoke = body::invoke(request.body, betas.as_deref())
+            .map_err(|m| Error::explain(super::UNSENDABLE_BODY, m))?;
         let target = format!(
             "{}{}",
             request.base_url.path_prefix,
@@ -283,73 +289,50 @@ impl ProviderKind for Bedrock {
                 let _ = response.set_status(code);
             }
             let _ = response.insert_header(CONTENT_TYPE, "application/json");
-            return Some(Box::new(ErrorToAnthropic {
-                error,
-                status: anthropic_status,
-                body: BytesMut::new(),
+            return Some(whole_body(move |body| {
+                Some(error_body(&error, anthropic_status, body))
             }));
         }
         if content_type.starts_with("application/vnd.amazon.eventstream") {
             let _ = response.insert_header(CONTENT_TYPE, "text/event-stream; charset=utf-8");
             return Some(Box::new(stream::EventStreamToSse::default()));
         }
-        counting.then(|| Box::new(CountToAnthropic(BytesMut::new())) as Box<dyn ResponseAdapter>)
+        counting.then(|| whole_body(count_tokens_body))
     }
 }
 
-/// A Bedrock error body (`{"message": …}`) as Anthropic's.
-struct ErrorToAnthropic {
-    error: String,
-    /// The status the client gets (Anthropic's for what Bedrock said).
-    status: u16,
-    body: BytesMut,
-}
-
-impl ResponseAdapter for ErrorToAnthropic {
-    fn adapt(&mut self, chunk: &mut Option<Bytes>, end_of_stream: bool) {
-        if let Some(data) = chunk.take() {
-            if self.body.len() < 64 * 1024 {
-                self.body.extend_from_slice(&data);
-            }
-        }
-        if end_of_stream {
-            let said = serde_json::from_slice::<serde_json::Value>(&self.body)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| "Bedrock refused the request".to_owned());
-            let name = if self.error.is_empty() {
-                "Bedrock error"
-            } else {
-                &self.error
-            };
-            let body = serde_json::json!({
-                "type": "error",
-                "error": {
-                    "type": stream::error_type_or(name, self.status),
-                    "message": format!("{said} ({name})"),
-                },
-            });
-            *chunk = Some(Bytes::from(body.to_string()));
-        }
-    }
+/// A Bedrock error body (`{"message": …}`, its type `error` from `x-amzn-ErrorType`) as
+/// Anthropic's, for the client's `status`.
+fn error_body(error: &str, status: u16, body: &[u8]) -> Bytes {
+    let said = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "Bedrock refused the request".to_owned());
+    let name = if error.is_empty() {
+        "Bedrock error"
+    } else {
+        error
+    };
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": stream::error_type_or(name, status),
+            "message": format!("{said} ({name})"),
+        },
+    });
+    Bytes::from(body.to_string())
 }
 
 /// count-tokens' `{"inputTokens": N}` as Anthropic's `{"input_tokens": N}`.
-struct CountToAnthropic(BytesMut);
-
-impl ResponseAdapter for CountToAnthropic {
-    fn adapt(&mut self, chunk: &mut Option<Bytes>, end_of_stream: bool) {
-        if let Some(data) = chunk.take() {
-            self.0.extend_from_slice(&data);
-        }
-        if end_of_stream {
-            let tokens = serde_json::from_slice::<serde_json::Value>(&self.0)
-                .ok()
-                .and_then(|v| v.get("inputTokens").and_then(|n| n.as_u64()));
-            *chunk = Some(match tokens {
-                Some(n) => Bytes::from(format!("{{\"input_tokens\":{n}}}")),
-                None => std::mem::take(&mut self.0).freeze(),
-            });
-        }
+fn count_tokens_body(body: &[u8]) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Counted {
+        #[serde(rename = "inputTokens")]
+        input_tokens: u64,
     }
+    let counted: Counted = serde_json::from_slice(body).ok()?;
+    Some(Bytes::from(format!(
+        "{{\"input_tokens\":{}}}",
+        counted.input_tokens
+    )))
 }

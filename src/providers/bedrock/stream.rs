@@ -49,15 +49,7 @@ pub fn error_type_or(exception: &str, status: u16) -> &'static str {
         "accessdenied" => "permission_error",
         "resourcenotfound" => "not_found_error",
         "serviceunavailable" | "modelnotready" => "overloaded_error",
-        _ => match status {
-            400 => "invalid_request_error",
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            529 => "overloaded_error",
-            _ => "api_error",
-        },
+        _ => crate::providers::reshape::error_type(status),
     }
 }
 
@@ -71,6 +63,12 @@ fn error_event(out: &mut BytesMut, kind: &str, message: &str) {
 #[derive(serde::Deserialize)]
 struct Chunk {
     bytes: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EventType<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
 }
 
 impl EventStreamToSse {
@@ -93,9 +91,10 @@ impl EventStreamToSse {
                     );
                     return false;
                 };
-                let kind = serde_json::from_slice::<serde_json::Value>(&event)
+                // Only the event's type is read (no tree of the event is built).
+                let kind = serde_json::from_slice::<EventType>(&event)
                     .ok()
-                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+                    .map(|e| e.kind);
                 let Some(kind) = kind else {
                     error_event(
                         out,
