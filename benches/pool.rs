@@ -355,7 +355,7 @@ fn prepare(c: &mut Criterion) {
                         host: &host,
                         credential: Some(&credential),
                         body: &mut body,
-                        key: None,
+                        aws: None,
                         options: &serde_yaml::Mapping::new(),
                     })
                     .unwrap();

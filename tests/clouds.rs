@@ -442,15 +442,22 @@ async fn a_gcloud_user_credentials_file_works_through_the_refresh_token_grant() 
 // ---- AWS Bedrock ------------------------------------------------------------------------------
 
 async fn bedrock_mock() -> MockUpstream {
+    bedrock_mock_with(|_| {}).await
+}
+
+async fn bedrock_mock_with(adjust: impl FnOnce(&mut cc_relay_mock::BedrockMock)) -> MockUpstream {
+    let mut bedrock = cc_relay_mock::BedrockMock {
+        region: "us-east-1".into(),
+        credentials: vec![
+            ("AKIDMOCKONE".into(), "secret-one/abc+def".into()),
+            ("AKIDMOCKTWO".into(), "secret-two/ghi+jkl".into()),
+        ],
+        api_keys: vec!["bedrock-api-key-mock".into()],
+        ..Default::default()
+    };
+    adjust(&mut bedrock);
     MockUpstream::start(MockConfig {
-        bedrock: Some(cc_relay_mock::BedrockMock {
-            region: "us-east-1".into(),
-            credentials: vec![
-                ("AKIDMOCKONE".into(), "secret-one/abc+def".into()),
-                ("AKIDMOCKTWO".into(), "secret-two/ghi+jkl".into()),
-            ],
-            api_keys: vec!["bedrock-api-key-mock".into()],
-        }),
+        bedrock: Some(bedrock),
         ..MockConfig::default()
     })
     .await
@@ -691,4 +698,158 @@ async fn a_body_without_a_model_is_the_clients_400_on_vertex_and_bedrock() {
             "{body}"
         );
     }
+}
+
+// ---- Bedrock without keys: the standard AWS credential chain ----------------------------------
+
+/// A bedrock provider with no credentials of its own.
+fn bedrock_chain_config(mock: &MockUpstream) -> String {
+    format!(
+        "providers:\n  - name: bedrock\n    type: bedrock\n    base_url: \"{}\"\n    \
+         aws_region: us-east-1\n",
+        mock.base_url()
+    )
+}
+
+/// The relay's environment for the AWS chain: only `source` is there (empty values hide the
+/// host's own AWS settings; HOME holds no AWS files; the instance metadata service is off
+/// unless `source` turns it on).
+fn aws_chain_env<'a>(home: &'a str, source: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("HOME", home),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_SESSION_TOKEN", ""),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", ""),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", ""),
+        ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", ""),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    for &(name, value) in source {
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
+    }
+    env
+}
+
+/// What the mock issued must not be in the relay's log.
+fn assert_no_aws_session_secret(mock: &MockUpstream, logs: &str) {
+    for n in 1..=mock.aws_sessions_issued() {
+        assert!(!logs.contains(&format!("session-secret-{n}/")), "{logs}");
+        assert!(!logs.contains(&format!("session-token-{n}-")), "{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_bedrock_signs_with_the_container_endpoints_and_renews_them_in_time() {
+    // Credentials that hold 2 s: the relay must fetch new ones before each expires (the mock
+    // refuses an expired one with AWS's ExpiredTokenException), off the request path.
+    let mock = bedrock_mock_with(|b| {
+        b.session_ttl = std::time::Duration::from_secs(2);
+        b.container_token = Some("container-authorization-token".into());
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "{}{}",
+        mock.base_url(),
+        cc_relay_mock::AWS_CONTAINER_CREDENTIALS_PATH
+    );
+    let env = aws_chain_env(
+        home.path().to_str().unwrap(),
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "container-authorization-token",
+            ),
+        ],
+    );
+    let relay = RelayProcess::start_with_env("", &bedrock_chain_config(&mock), &env);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(7);
+    let mut sent = 0;
+    while std::time::Instant::now() < until {
+        let stream = sent % 2 == 1;
+        let response = post_messages(&relay, &message_body("claude-sonnet-4-5", stream), &[]).await;
+        assert_eq!(response.status(), 200, "request {sent}: {}", relay.logs());
+        response.bytes().await.unwrap();
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Several credentials, one after another, each used before it expired.
+    let signers = mock.requests_by_key();
+    assert!(
+        signers.len() >= 3 && signers.keys().all(|k| k.starts_with("ASIAMOCK")),
+        "{signers:?}"
+    );
+    assert_eq!(signers.values().sum::<usize>(), sent);
+    let logs = relay.logs();
+    assert_no_aws_session_secret(&mock, &logs);
+    assert!(!logs.contains("container-authorization-token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_bedrock_signs_with_the_instance_roles_from_imdsv2() {
+    let mock = bedrock_mock().await;
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = mock.base_url();
+    let env = aws_chain_env(
+        home.path().to_str().unwrap(),
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+        ],
+    );
+    let relay = RelayProcess::start_with_env("", &bedrock_chain_config(&mock), &env);
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", true), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    response.bytes().await.unwrap();
+    assert_eq!(mock.aws_sessions_issued(), 1);
+    assert_eq!(mock.requests_by_key().get("ASIAMOCK00000001"), Some(&1));
+    assert_no_aws_session_secret(&mock, &relay.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_bedrock_assumes_the_web_identitys_role_through_sts() {
+    let mock = bedrock_mock_with(|b| b.web_identity_token = Some("eks-projected-jwt".into())).await;
+    let home = tempfile::tempdir().unwrap();
+    let token_file = home.path().join("token");
+    std::fs::write(&token_file, "eks-projected-jwt").unwrap();
+    let sts = mock.base_url();
+    let env = aws_chain_env(
+        home.path().to_str().unwrap(),
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/relay"),
+            ("AWS_ROLE_SESSION_NAME", "relay"),
+            ("AWS_ENDPOINT_URL_STS", &sts),
+        ],
+    );
+    let relay = RelayProcess::start_with_env("", &bedrock_chain_config(&mock), &env);
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    assert_eq!(mock.requests_by_key().get("ASIAMOCK00000001"), Some(&1));
+    let logs = relay.logs();
+    assert_no_aws_session_secret(&mock, &logs);
+    assert!(!logs.contains("eks-projected-jwt"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_any_aws_credentials_bedrock_answers_502_saying_so() {
+    let mock = bedrock_mock().await;
+    let home = tempfile::tempdir().unwrap();
+    let env = aws_chain_env(home.path().to_str().unwrap(), &[]);
+    let relay = RelayProcess::start_with_env("", &bedrock_chain_config(&mock), &env);
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_type(&body), "api_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no AWS credentials"),
+        "{body}"
+    );
+    assert_eq!(mock.request_count(), 0);
 }

@@ -393,13 +393,21 @@ fn an_azure_provider_takes_its_base_url_from_its_resource() {
 
 #[test]
 fn go_cloud_providers() {
-    // Every Go type is a kind now: a bedrock provider without credentials says what it needs.
-    let err = one_error(
+    // Every Go type is a kind now. A bedrock provider without credentials of its own signs
+    // with the standard AWS chain's: one implicit key marked so.
+    let c = load(
         "providers:\n  - name: a\n    type: anthropic\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n",
     );
-    assert!(
-        err.starts_with("providers[1].keys: type bedrock needs credentials"),
-        "{err}"
+    let keys = &c.providers[1].keys;
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].aws_chain && keys[0].aws.is_none(), "{keys:?}");
+    assert_eq!(
+        one_error(
+            "providers:\n  - name: b\n    type: bedrock\n    aws_region: us-east-1\n    \
+             aws_access_key_id: AKID\n"
+        ),
+        "providers[0].aws_secret_access_key: aws_access_key_id and aws_secret_access_key go \
+         together"
     );
     // A disabled vertex provider as the Go example config has it (older field names, no
     // project): it loads; what it lacks is a warning, not an error.

@@ -180,6 +180,9 @@ pub struct KeyConfig {
     /// `keys[].aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`), type
     /// bedrock: requests are signed with it (SigV4); `key` then holds `aws:` + the key id.
     pub aws: Option<AwsCredential>,
+    /// Type bedrock without credentials of its own: requests are signed with the standard AWS
+    /// chain's (`providers::aws_credentials`).
+    pub aws_chain: bool,
 }
 
 /// One AWS credential of a Bedrock key.
@@ -205,6 +208,7 @@ impl KeyConfig {
             max_concurrent: 0,
             gcp_credentials_file: None,
             aws: None,
+            aws_chain: false,
         }
     }
 }

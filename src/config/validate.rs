@@ -807,6 +807,7 @@ fn keys(raw: Vec<RawKey>, provider_path: &str, c: &mut Ctx) -> Vec<KeyConfig> {
                 max_concurrent,
                 gcp_credentials_file: credentials_file,
                 aws,
+                aws_chain: false,
             });
         }
     }

@@ -164,7 +164,7 @@ mod tests {
             host: &host,
             credential: credential.as_ref(),
             body: &mut body,
-            key: None,
+            aws: None,
             options: &serde_yaml::Mapping::new(),
         })
         .unwrap();

@@ -381,3 +381,31 @@ fn start_refresher() {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Google's token endpoints are HTTPS: the exchange must open TLS (a build without a TLS
+    /// stack fails every real exchange while every plain-HTTP mock passes).
+    #[test]
+    fn an_https_token_endpoint_gets_a_tls_handshake() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first_byte = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).map(|_| byte[0]).ok()
+        });
+        let grant = Grant::User {
+            client_id: "id".into(),
+            client_secret: "secret".into(),
+            refresh_token: "refresh".into(),
+            token_uri: format!("https://127.0.0.1:{port}/token"),
+        };
+        assert!(exchange(&grant).is_err());
+        // 0x16: a TLS handshake record (the ClientHello).
+        assert_eq!(first_byte.join().unwrap(), Some(0x16));
+    }
+}

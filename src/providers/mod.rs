@@ -13,6 +13,7 @@
 //! peers from the `SocketAddr`s kept fresh in the background.
 
 mod anthropic;
+pub mod aws_credentials;
 mod azure;
 pub mod bedrock;
 mod classify;
@@ -140,8 +141,9 @@ pub struct UpstreamRequest<'a> {
     pub credential: Option<&'a (HeaderName, HeaderValue)>,
     /// The body to send; the kind may replace it (a translation, or a signature over it).
     pub body: &'a mut Bytes,
-    /// The key of this attempt (`None` = passthrough), for kinds that sign with it.
-    pub key: Option<&'a crate::config::KeyConfig>,
+    /// The AWS credentials of this attempt's key, for kinds that sign with them (`None`:
+    /// passthrough, or a key that is not an AWS credential).
+    pub aws: Option<&'a crate::config::AwsCredential>,
     /// The provider's kind-specific fields (`ProviderConfig::options`), e.g. its AWS region.
     pub options: &'a serde_yaml::Mapping,
 }

@@ -116,17 +116,26 @@ impl Attempt {
         {
             upstream.remove_header(&name);
         }
+        let missing = |what: &str| {
+            let i = self.key_index().unwrap_or_default();
+            let id = provider.pool.as_ref().map_or("-", |p| p.keys()[i].id());
+            super::errors::answer(super::ApiError::UpstreamUnreachable {
+                provider: provider.name().to_owned(),
+                reason: format!("key {id} has no {what} (see the relay's log)"),
+            })
+        };
         let credential = match self.key_index() {
-            Some(i) => Some(provider.current_credential(i).ok_or_else(|| {
-                let id = provider.pool.as_ref().map_or("-", |p| p.keys()[i].id());
-                super::errors::answer(super::ApiError::UpstreamUnreachable {
-                    provider: provider.name().to_owned(),
-                    reason: format!(
-                        "key {id} has no access token (its token exchange is failing: see \
-                         the relay's log)"
-                    ),
-                })
-            })?),
+            Some(i) => Some(
+                provider
+                    .current_credential(i)
+                    .ok_or_else(|| missing("access token: its token exchange is failing"))?,
+            ),
+            None => None,
+        };
+        let aws = match self.key_index().and_then(|i| provider.aws_credential(i)) {
+            Some(current) => {
+                Some(current.ok_or_else(|| missing("AWS credentials: the AWS chain has none"))?)
+            }
             None => None,
         };
         if credential.is_some() {
@@ -143,7 +152,7 @@ impl Attempt {
             base_url: &provider.config.base_url,
             host: &provider.host_value,
             credential: credential.as_deref(),
-            key: self.key_index().map(|i| &provider.config.keys[i]),
+            aws: aws.as_deref(),
             options: &provider.config.options,
             body: &mut self.body,
         });

@@ -13,6 +13,7 @@ use super::auth::AuthThrottle;
 use crate::admin::metrics::{ConnectionHandles, KeyHandleCell};
 use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
+use crate::providers::aws_credentials::{chain_slot, AwsCredentials};
 use crate::providers::gcp_token::TokenSlot;
 use crate::providers::{resolve_now, ResolvedAddrs};
 use crate::routing::{longest_prefix, Breaker, Router, SessionTable};
@@ -39,6 +40,9 @@ pub struct ProviderRuntime {
     /// Per key, for kinds whose keys are Google credentials: its OAuth token, kept fresh off
     /// the request path. Empty for other kinds.
     tokens: Vec<Option<Arc<TokenSlot>>>,
+    /// Per key, for kinds that sign with AWS credentials: the key's (`None` for a key that is
+    /// not an AWS credential, e.g. a Bedrock API key). Empty for other kinds.
+    aws: Vec<Option<AwsCredentials>>,
     key_id_values: Vec<Option<HeaderValue>>,
     pub keys_total_value: HeaderValue,
 }
@@ -67,6 +71,15 @@ impl ProviderRuntime {
             // The fixed header, built once per config: borrowed, not cloned per request.
             None => Some(std::borrow::Cow::Borrowed(&self.credentials[index])),
         }
+    }
+
+    /// The AWS credentials to sign with for the key at `index`: `None` when the key is not an
+    /// AWS credential, `Some(None)` while the AWS chain has none for it.
+    pub fn aws_credential(
+        &self,
+        index: usize,
+    ) -> Option<Option<Arc<crate::config::AwsCredential>>> {
+        self.aws.get(index)?.as_ref().map(AwsCredentials::current)
     }
 
     /// The `x-cc-relay-key-id` value for the key at `index`, `None` when the id is not a valid
@@ -110,6 +123,29 @@ fn token_slots(provider: &ProviderConfig) -> Vec<Option<Arc<TokenSlot>>> {
             crate::providers::gcp_token::slot_for(&crate::providers::credential_source(k))
                 .map_err(|e| log::error!("provider {} key {}: {e}", provider.name, k.id))
                 .ok()
+        })
+        .collect()
+}
+
+/// Per key of a provider whose kind signs with AWS credentials: its own, or the AWS chain's
+/// slot for the provider's region (a new slot gets its first credentials now: at start-up or
+/// reload, never on a request).
+fn aws_credentials(provider: &ProviderConfig) -> Vec<Option<AwsCredentials>> {
+    if !provider.kind.takes_aws_credentials() {
+        return Vec::new();
+    }
+    let region = provider
+        .options
+        .get("aws_region")
+        .and_then(|v| v.as_str())
+        .map_or("", str::trim);
+    provider
+        .keys
+        .iter()
+        .map(|k| match (&k.aws, k.aws_chain) {
+            (Some(own), _) => Some(AwsCredentials::Fixed(Arc::new(own.clone()))),
+            (None, true) => Some(AwsCredentials::Chain(chain_slot(region))),
+            (None, false) => None,
         })
         .collect()
 }
@@ -175,6 +211,7 @@ impl RuntimeState {
                     .unwrap_or_else(|_| HeaderValue::from_static("")),
                 credentials: credentials(p),
                 tokens: token_slots(p),
+                aws: aws_credentials(p),
                 key_id_values: p
                     .keys
                     .iter()

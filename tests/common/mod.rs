@@ -126,9 +126,17 @@ impl RelayProcess {
         if upgrade {
             cmd.arg("--upgrade");
         }
-        cmd.env("RUST_LOG", "info,cc_relay=debug")
-            .envs(env.iter().copied())
-            .env_remove("ANTHROPIC_API_KEY")
+        cmd.env("RUST_LOG", "info,cc_relay=debug");
+        // An empty value hides the variable (some readers, e.g. the AWS SDK's container
+        // provider, refuse an empty one rather than skipping it).
+        for &(name, value) in env {
+            if value.is_empty() {
+                cmd.env_remove(name);
+            } else {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env_remove("ANTHROPIC_API_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn cc-relay");

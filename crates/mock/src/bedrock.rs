@@ -15,6 +15,8 @@ use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use base64::Engine;
 use bytes::Bytes;
 
+use super::aws_identity::SessionBook;
+
 /// The mock's Bedrock mode.
 #[derive(Clone, Debug, Default)]
 pub struct BedrockMock {
@@ -23,6 +25,13 @@ pub struct BedrockMock {
     pub credentials: Vec<(String, String)>,
     /// Bedrock API keys it accepts (`Authorization: Bearer`).
     pub api_keys: Vec<String>,
+    /// How long the temporary credentials its identity endpoints issue hold (zero: an hour);
+    /// see `aws_identity`.
+    pub session_ttl: Duration,
+    /// The `Authorization` value its container credentials endpoint wants.
+    pub container_token: Option<String>,
+    /// The web identity token its STS AssumeRoleWithWebIdentity accepts.
+    pub web_identity_token: Option<String>,
 }
 
 /// What a Bedrock request comes to for the Anthropic handler, or the error to answer.
@@ -69,6 +78,7 @@ fn amz_date(text: &str) -> Option<SystemTime> {
 /// Check the request's credential; the key id (or API key) it used.
 fn authenticate(
     cfg: &BedrockMock,
+    sessions: &SessionBook,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Result<String, Routed> {
@@ -102,15 +112,25 @@ fn authenticate(
             "Credential should be scoped to a valid region and service bedrock",
         ));
     }
-    let Some((_, secret)) = cfg.credentials.iter().find(|(id, _)| id == key_id) else {
-        return Err(denied(
-            "The security token included in the request is invalid.",
-        ));
+    let token = header("x-amz-security-token").map(str::to_owned);
+    // A long-term credential it was given, or a temporary one it issued (which holds only
+    // with its session token, and only until it expires).
+    let (secret, expires) = match cfg.credentials.iter().find(|(id, _)| id == key_id) {
+        Some((_, secret)) => (secret.clone(), None),
+        None => match sessions.get(key_id) {
+            Some((secret, session_token, expires)) if token.as_ref() == Some(&session_token) => {
+                (secret, Some(expires))
+            }
+            _ => {
+                return Err(denied(
+                    "The security token included in the request is invalid.",
+                ))
+            }
+        },
     };
     let time = header("x-amz-date")
         .and_then(amz_date)
         .ok_or_else(|| denied("no x-amz-date"))?;
-    let token = header("x-amz-security-token").map(str::to_owned);
     let identity: Identity = Credentials::new(key_id, secret.clone(), token, None, "mock").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -147,6 +167,13 @@ fn authenticate(
         .headers()
         .find(|(n, _)| *n == "authorization")
         .map(|(_, v)| v.to_owned());
+    if expires.is_some_and(|at| at <= SystemTime::now()) {
+        return Err(Routed::Error(
+            403,
+            "ExpiredTokenException",
+            "The security token included in the request is expired".into(),
+        ));
+    }
     if expected.as_deref() != Some(authorization) {
         return Err(Routed::Error(
             403,
@@ -159,8 +186,13 @@ fn authenticate(
     Ok(key_id.to_owned())
 }
 
-pub(super) fn route(cfg: &BedrockMock, parts: &http::request::Parts, body: &Bytes) -> Routed {
-    let key = match authenticate(cfg, parts, body) {
+pub(super) fn route(
+    cfg: &BedrockMock,
+    sessions: &SessionBook,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Routed {
+    let key = match authenticate(cfg, sessions, parts, body) {
         Ok(k) => k,
         Err(e) => return e,
     };

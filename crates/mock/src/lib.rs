@@ -9,6 +9,7 @@
 //! The request path takes no locks beyond brief std mutexes for recording and per-key counters
 //! (and the fault book, only while faults are armed), so it stays out of the way in load tests.
 
+mod aws_identity;
 mod bedrock;
 mod body;
 mod faults;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use aws_identity::CONTAINER_PATH as AWS_CONTAINER_CREDENTIALS_PATH;
 pub use bedrock::BedrockMock;
 pub use vertex::VertexMock;
 
@@ -146,6 +148,8 @@ struct Shared {
     faults: faults::FaultBook,
     keys: limits::KeyTable,
     tokens: vertex::TokenBook,
+    /// Temporary AWS credentials Bedrock mode's identity endpoints issued.
+    aws_sessions: aws_identity::SessionBook,
     /// `http://ADDR/token`: the audience Vertex mode's assertions must name.
     token_uri: String,
     shutdown: watch::Sender<bool>,
@@ -177,6 +181,7 @@ impl MockUpstream {
             faults: faults::FaultBook::default(),
             keys: limits::KeyTable::default(),
             tokens: vertex::TokenBook::default(),
+            aws_sessions: aws_identity::SessionBook::default(),
             token_uri: format!("http://{addr}/token"),
             shutdown,
         });
@@ -235,6 +240,12 @@ impl MockUpstream {
     }
 
     /// Requests received per credential (requests without one are not listed).
+    /// Temporary AWS credentials Bedrock mode's identity endpoints (container, instance
+    /// metadata, STS) have issued.
+    pub fn aws_sessions_issued(&self) -> u64 {
+        self.shared.aws_sessions.issued()
+    }
+
     /// Access tokens Vertex mode has issued.
     pub fn tokens_issued(&self) -> u64 {
         self.shared.tokens.issued()

@@ -160,7 +160,29 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
     let mut bedrock_key = None;
     let mut bedrock_route = None;
     if let Some(cfg) = &shared.cfg.bedrock {
-        match super::bedrock::route(cfg, &parts, &body) {
+        match super::aws_identity::route(cfg, &shared.aws_sessions, &parts, &body) {
+            Some(super::aws_identity::Answer::Ok(content_type, answer)) => {
+                return Ok(respond(200, content_type, &request_id, answer));
+            }
+            Some(super::aws_identity::Answer::ImdsToken(token, ttl)) => {
+                let mut resp = respond(200, "text/plain", &request_id, token);
+                if let Ok(v) = HeaderValue::from_str(&ttl) {
+                    resp.headers_mut()
+                        .insert("x-aws-ec2-metadata-token-ttl-seconds", v);
+                }
+                return Ok(resp);
+            }
+            Some(super::aws_identity::Answer::Error(status, content_type, answer)) => {
+                return Ok(respond(
+                    status,
+                    content_type,
+                    &request_id,
+                    Bytes::from(answer),
+                ));
+            }
+            None => {}
+        }
+        match super::bedrock::route(cfg, &shared.aws_sessions, &parts, &body) {
             super::bedrock::Routed::Api(path, translated, stream, key) => {
                 bedrock_key = Some(key);
                 bedrock_route = Some((path, translated, stream));

@@ -1,4 +1,4 @@
-//! `type: bedrock`: Claude on AWS Bedrock's InvokeModel API (work in progress on this branch).
+//! `type: bedrock`: Claude on AWS Bedrock's InvokeModel API.
 //! The request is translated (`body`) and signed (`sign`, SigV4 service `bedrock`) or sent with
 //! a Bedrock API key as a bearer token; a streamed answer's event-stream frames become
 //! Anthropic's SSE (`stream`); errors (`x-amzn-ErrorType` and `{"message"}`) become Anthropic's
@@ -31,39 +31,6 @@ static FIELDS: [(&str, FieldSchema); 3] = [
     ("aws_access_key_id", FieldSchema::Str),
     ("aws_secret_access_key", FieldSchema::Str),
 ];
-
-/// The shared credentials file's profile (`AWS_SHARED_CREDENTIALS_FILE`, else
-/// `~/.aws/credentials`; `AWS_PROFILE`, else `default`): key id, secret, session token.
-fn profile_credentials() -> Option<(Option<String>, Option<String>, Option<String>)> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let path = env("AWS_SHARED_CREDENTIALS_FILE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))?;
-    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut in_profile = false;
-    let (mut id, mut secret, mut token) = (None, None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_profile = name.trim() == profile;
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        if !in_profile || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let value = Some(value.trim().to_owned()).filter(|v| !v.is_empty());
-        match key.trim() {
-            "aws_access_key_id" => id = value,
-            "aws_secret_access_key" => secret = value,
-            "aws_session_token" => token = value,
-            _ => {}
-        }
-    }
-    Some((id, secret, token))
-}
 
 /// The region of a provider (checked by `configure`).
 fn region(provider_options: &serde_yaml::Mapping) -> &str {
@@ -116,39 +83,33 @@ impl ProviderKind for Bedrock {
                 "is required for type bedrock (it is part of the signature)",
             )),
         }
-        // No keys: the provider's own credential (the Go relay's fields), else the
-        // environment's (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+        // No keys: the provider's own credential (the Go relay's fields), else the standard AWS
+        // chain's (environment, profiles, web identity, container, instance metadata), which
+        // `aws_credentials` keeps fresh.
         if provider.keys.is_empty() {
             let own = (
                 kind_option(provider, "aws_access_key_id").map(str::to_owned),
                 kind_option(provider, "aws_secret_access_key").map(str::to_owned),
             );
-            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            let (id, secret, token) = match own {
-                (Some(id), Some(secret)) => (Some(id), Some(secret), None),
-                _ => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-                    (Some(id), Some(secret)) => (Some(id), Some(secret), env("AWS_SESSION_TOKEN")),
-                    _ => profile_credentials().unwrap_or_default(),
-                },
-            };
-            match (id, secret) {
+            match own {
                 (Some(id), Some(secret)) => {
                     let mut key = KeyConfig::implicit("aws");
                     key.key = Secret::new(format!("aws:{id}"));
                     key.aws = Some(AwsCredential {
                         access_key_id: id,
                         secret_access_key: Secret::new(secret),
-                        session_token: token.map(Secret::new),
+                        session_token: None,
                     });
                     provider.keys.push(key);
                 }
-                _ => errors.push(ConfigError::invalid(
-                    format!("{path}.keys"),
-                    "type bedrock needs credentials: keys with aws_access_key_id and \
-                     aws_secret_access_key (or key: a Bedrock API key), the provider's own \
-                     aws_access_key_id/aws_secret_access_key, AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY in the environment, or a profile in the shared \
-                     credentials file",
+                (None, None) => {
+                    let mut key = KeyConfig::implicit("aws");
+                    key.aws_chain = true;
+                    provider.keys.push(key);
+                }
+                (Some(_), None) | (None, Some(_)) => errors.push(ConfigError::invalid(
+                    format!("{path}.aws_secret_access_key"),
+                    "aws_access_key_id and aws_secret_access_key go together",
                 )),
             }
         }
@@ -208,7 +169,7 @@ impl ProviderKind for Bedrock {
         header.insert_header(CONTENT_TYPE, "application/json")?;
         header.insert_header(ACCEPT, accept)?;
         header.insert_header(CONTENT_LENGTH, HeaderValue::from(request.body.len()))?;
-        match request.key.and_then(|k| k.aws.as_ref()) {
+        match request.aws {
             Some(aws) => {
                 let scheme = if request.base_url.tls {
                     "https"
