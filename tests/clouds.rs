@@ -848,8 +848,33 @@ async fn without_any_aws_credentials_bedrock_answers_502_saying_so() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("no AWS credentials"),
+            .contains("key aws has no credentials: the AWS credential chain has none"),
         "{body}"
     );
     assert_eq!(mock.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_without_credentials_right_now_is_passed_by_for_the_next() {
+    // Bedrock first, but its AWS chain has nothing: the request goes to Anthropic without
+    // costing Bedrock an attempt.
+    let bedrock = bedrock_mock().await;
+    let anthropic = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}    priority: 2\n{}",
+        bedrock_chain_config(&bedrock),
+        mock_provider(
+            "anthropic",
+            &anthropic,
+            &[("a", "sk-anthropic")],
+            "    priority: 1\n"
+        ),
+    );
+    let env = aws_chain_env(home.path().to_str().unwrap(), &[]);
+    let relay = RelayProcess::start_with_env("", &body, &env);
+    let response = post_messages(&relay, &message_body("claude-sonnet-4-5", false), &[]).await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    assert_eq!(bedrock.request_count(), 0);
+    assert_eq!(anthropic.request_count(), 1);
 }

@@ -56,6 +56,16 @@ impl AwsCredentials {
     }
 }
 
+impl AwsCredentials {
+    /// Whether there are credentials to sign with now (without taking a reference to them).
+    pub fn is_available(&self) -> bool {
+        match self {
+            AwsCredentials::Fixed(_) => true,
+            AwsCredentials::Chain(slot) => slot.current.load().is_some(),
+        }
+    }
+}
+
 /// The chain's current credentials for one region.
 pub struct ChainSlot {
     current: ArcSwapOption<AwsCredential>,

@@ -284,6 +284,11 @@ impl TokenSlot {
             .map(|v| (AUTHORIZATION, HeaderValue::clone(v)))
     }
 
+    /// Whether it has a valid token now.
+    pub fn has_token(&self) -> bool {
+        self.current.load().is_some()
+    }
+
     /// Exchange now and schedule the next renewal (or a retry).
     fn renew(&self) {
         let now = Instant::now();

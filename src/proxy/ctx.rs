@@ -193,6 +193,14 @@ impl RequestCtx {
             .map(|&(_, k)| k)
     }
 
+    /// The keys of `provider` (at `index`) this request must not be given: those it tried and
+    /// those without a credential to send right now.
+    pub fn skipped_keys(&self, index: usize, provider: &ProviderRuntime) -> Vec<usize> {
+        let mut keys: Vec<usize> = self.tried_keys(index).collect();
+        keys.extend(provider.uncredentialed());
+        keys
+    }
+
     /// The attempt got no answer the key must pay for: give its reservation back.
     pub fn release_reservation(&mut self) {
         if let Some(r) = self.attempt.as_mut().and_then(|a| a.reservation.take()) {

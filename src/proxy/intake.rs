@@ -262,6 +262,9 @@ pub async fn plan_admission(ctx: &RequestCtx, state: &RuntimeState) -> Step {
             None => return Step::Continue,
             Some(r) => r,
         };
+        if let Some(missing) = missing_credentials(ctx, state) {
+            return missing.into();
+        }
         let now = tokio::time::Instant::now();
         if now >= deadline || refusal.all_disabled {
             let names: Vec<&str> = ctx
@@ -284,8 +287,8 @@ pub fn plan_refusal(ctx: &RequestCtx, state: &RuntimeState) -> Option<Exhausted>
         let Some(pool) = &state.providers[i].pool else {
             return None;
         };
-        let tried: Vec<usize> = ctx.tried_keys(i).collect();
-        match pool.check(&ctx.demand, &tried) {
+        let skipped = ctx.skipped_keys(i, &state.providers[i]);
+        match pool.check(&ctx.demand, &skipped) {
             Ok(()) => return None,
             Err(e) => {
                 earliest = Some(match earliest {
@@ -305,6 +308,31 @@ pub fn plan_refusal(ctx: &RequestCtx, state: &RuntimeState) -> Option<Exhausted>
         }
     }
     earliest
+}
+
+/// When no provider of the plan can take the request because keys that could have taken it
+/// have no credential right now (token exchange or AWS chain failing): the error saying so,
+/// rather than a rate-limit answer for limits that are not what stops it.
+pub fn missing_credentials(ctx: &RequestCtx, state: &RuntimeState) -> Option<ApiError> {
+    ctx.plan.iter().find_map(|&i| {
+        let provider = &state.providers[i];
+        let pool = provider.pool.as_ref()?;
+        let key = provider.uncredentialed().next()?;
+        let tried: Vec<usize> = ctx.tried_keys(i).collect();
+        pool.check(&ctx.demand, &tried).ok()?;
+        Some(ApiError::UpstreamUnreachable {
+            provider: provider.name().to_owned(),
+            reason: format!(
+                "key {} has no credentials: {} (see the relay's log)",
+                pool.keys()[key].id(),
+                if provider.config.kind.uses_tokens() {
+                    "its token exchange is failing"
+                } else {
+                    "the AWS credential chain has none"
+                }
+            ),
+        })
+    })
 }
 
 /// The body this request sends to `provider`: the client's, with the global and the

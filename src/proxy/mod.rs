@@ -101,10 +101,9 @@ impl Relay {
             return false;
         }
         match &provider.pool {
-            Some(pool) => {
-                let tried: Vec<usize> = ctx.tried_keys(index).collect();
-                pool.check(&ctx.demand, &tried).is_ok()
-            }
+            Some(pool) => pool
+                .check(&ctx.demand, &ctx.skipped_keys(index, provider))
+                .is_ok(),
             None => true,
         }
     }
@@ -381,7 +380,8 @@ impl ProxyHttp for Relay {
                 .map(|&i| state.providers[i].name())
                 .collect();
             let err = match intake::plan_refusal(ctx, &state) {
-                Some(refusal) => ApiError::pool_refused(&names.join(", "), refusal),
+                Some(refusal) => intake::missing_credentials(ctx, &state)
+                    .unwrap_or_else(|| ApiError::pool_refused(&names.join(", "), refusal)),
                 None => ApiError::CircuitsOpen {
                     retry_after_secs: 1,
                 },
@@ -460,15 +460,15 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let state = ctx.state.clone().expect("set by request_filter");
-        let tried: Vec<usize> = ctx.tried_keys(ctx.provider_index).collect();
+        let provider = &state.providers[ctx.provider_index];
+        let skipped = ctx.skipped_keys(ctx.provider_index, provider);
         let attempt = ctx.attempt.as_mut().expect("set by upstream_peer");
-        let provider = &state.providers[attempt.provider];
         let preferred = ctx
             .sticky
             .filter(|s| s.provider == attempt.provider)
             .map(|s| s.key);
         attempt
-            .reserve_key(provider, &ctx.demand, &tried, preferred)
+            .reserve_key(provider, &ctx.demand, &skipped, preferred)
             .map_err(errors::answer)?;
         if let Some(key) = attempt.key_index() {
             ctx.tried.push((attempt.provider, key));

@@ -73,6 +73,25 @@ impl ProviderRuntime {
         }
     }
 
+    /// The keys that have no credential to send right now (an OAuth token or AWS credentials
+    /// not fetched yet, or expired while their source fails): routing passes them by, as it
+    /// passes a key that is cooling down. Empty (and cheap) for kinds with fixed credentials.
+    pub fn uncredentialed(&self) -> impl Iterator<Item = usize> + '_ {
+        let tokens = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.as_ref().is_none_or(|s| !s.has_token()))
+            .map(|(i, _)| i);
+        let aws = self
+            .aws
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.is_available()))
+            .map(|(i, _)| i);
+        tokens.chain(aws)
+    }
+
     /// The AWS credentials to sign with for the key at `index`: `None` when the key is not an
     /// AWS credential, `Some(None)` while the AWS chain has none for it.
     pub fn aws_credential(
