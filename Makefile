@@ -21,7 +21,8 @@ deps-build:
 
 # The end-to-end SDK test drives the relay with the official Anthropic Python SDK; the TLS test
 # makes its certificates with the openssl CLI; the status page test loads /ui in headless
-# Chromium.
+# Chromium; the switching test runs Claude Code's CLI (from npm) with the settings
+# `config cc init` wrote.
 deps-test:
 	@command -v openssl >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -34,6 +35,13 @@ deps-test:
 	@$(PYTHON) -c "import anthropic" 2>/dev/null || { \
 		echo "installing the anthropic Python SDK (for the SDK end-to-end test)"; \
 		$(PYTHON) -m pip install -q anthropic || $(PYTHON) -m pip install -q --break-system-packages anthropic; }
+	@[ -n "$$CLAUDE_CODE_BIN" ] || [ -x target/claude-code/node_modules/.bin/claude ] || { \
+		echo "installing Claude Code's CLI (a test runs it against the relay)"; \
+		command -v npm >/dev/null 2>&1 || { \
+			SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+			$$SUDO apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }; \
+		npm install --silent --no-fund --no-audit --prefix target/claude-code @anthropic-ai/claude-code; }
 	@$(PYTHON) -c "import prometheus_client" 2>/dev/null || { \
 		echo "installing prometheus_client (its parser checks the relay's metrics in a test)"; \
 		$(PYTHON) -m pip install -q prometheus_client || $(PYTHON) -m pip install -q --break-system-packages prometheus_client; }

@@ -49,6 +49,7 @@ async fn status_prints_each_keys_budget_as_a_table_and_as_json() {
 
     // Address and key from the config file, as `serve` read it.
     let config = relay.config_path.display().to_string();
+
     let table = tokio::task::spawn_blocking(move || status(&["--config", &config]))
         .await
         .unwrap();
@@ -58,6 +59,10 @@ async fn status_prints_each_keys_budget_as_a_table_and_as_json() {
         "{}",
         String::from_utf8_lossy(&table.stderr)
     );
+    assert!(
+        text.starts_with(&format!("✓ cc-relay is running ({})", relay.addr)),
+        "{text}"
+    );
     assert!(text.contains("pool (anthropic)  circuit closed"), "{text}");
     let row = text
         .lines()
@@ -66,11 +71,33 @@ async fn status_prints_each_keys_budget_as_a_table_and_as_json() {
     assert!(row.contains("[##########] 49"), "{row}");
     assert!(!text.contains("sk-status-secret") && !text.contains("relay-status-secret"));
 
-    let denied = tokio::task::spawn_blocking(move || status(&["--url", &url]))
+    // Without the key: running, as the Go relay's `status` says (exit 0), and why no table.
+    let denied = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || status(&["--url", &url])
+    })
+    .await
+    .unwrap();
+    assert!(denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stdout).starts_with("✓ cc-relay is running"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("refused the credential"));
+    let url_down = url.clone();
+    let json_denied = tokio::task::spawn_blocking(move || status(&["--url", &url, "--json"]))
         .await
         .unwrap();
-    assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("refused the credential"));
+    assert!(!json_denied.status.success());
+
+    // Nothing listening: Go's line and a failure.
+    drop(relay);
+    let down = tokio::task::spawn_blocking(move || status(&["--url", &url_down]))
+        .await
+        .unwrap();
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stdout).starts_with("✗ cc-relay is not running"),
+        "{}",
+        String::from_utf8_lossy(&down.stdout)
+    );
 }
 
 /// `cc-relay status --watch` in a pseudo-terminal (`script` from util-linux gives it one): the

@@ -18,10 +18,12 @@ pub enum ConfigError {
         source: io::Error,
     },
 
-    /// The text is not valid YAML.
-    #[error("{}", YamlDisplay { file: file.as_ref(), message, line: *line, column: *column })]
-    Yaml {
-        /// The file, when the YAML came from one.
+    /// The text is not valid YAML (or TOML, as `format` says).
+    #[error("{}", SyntaxDisplay { format, file: file.as_ref(), message, line: *line, column: *column })]
+    Syntax {
+        /// `YAML` or `TOML`.
+        format: &'static str,
+        /// The file, when the text came from one.
         file: Option<PathBuf>,
         message: String,
         /// 1-based, when the parser knows it.
@@ -72,15 +74,17 @@ impl ConfigError {
         }
     }
 
-    /// Attach the file name to a YAML error that came from `load_file`.
+    /// Attach the file name to a syntax error that came from `load_file`.
     pub(crate) fn in_file(self, path: &std::path::Path) -> Self {
         match self {
-            ConfigError::Yaml {
+            ConfigError::Syntax {
+                format,
                 file: None,
                 message,
                 line,
                 column,
-            } => ConfigError::Yaml {
+            } => ConfigError::Syntax {
+                format,
                 file: Some(path.to_path_buf()),
                 message,
                 line,
@@ -102,23 +106,46 @@ impl ConfigError {
             (Some(l), Some(c)) => full.replacen(&format!(" at line {l} column {c}"), "", 1),
             _ => full,
         };
-        ConfigError::Yaml {
+        ConfigError::Syntax {
+            format: "YAML",
             file: None,
             message,
             line,
             column,
         }
     }
+
+    /// A TOML syntax error: the parser's message without its quote of the source line (which
+    /// could hold a secret), and the line and column of where it points.
+    pub(crate) fn from_toml(err: &toml::de::Error, text: &str) -> Self {
+        let (line, column) = match err.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                (Some(line), Some(column))
+            }
+            None => (None, None),
+        };
+        ConfigError::Syntax {
+            format: "TOML",
+            file: None,
+            message: err.message().trim_end().replace('\n', "; "),
+            line,
+            column,
+        }
+    }
 }
 
-struct YamlDisplay<'a> {
+struct SyntaxDisplay<'a> {
+    format: &'a str,
     file: Option<&'a PathBuf>,
     message: &'a str,
     line: Option<usize>,
     column: Option<usize>,
 }
 
-impl fmt::Display for YamlDisplay<'_> {
+impl fmt::Display for SyntaxDisplay<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = self.file {
             write!(f, "{}:", file.display())?;
@@ -128,7 +155,7 @@ impl fmt::Display for YamlDisplay<'_> {
             _ if self.file.is_some() => f.write_str(" ")?,
             _ => {}
         }
-        write!(f, "invalid YAML: {}", self.message)
+        write!(f, "invalid {}: {}", self.format, self.message)
     }
 }
 

@@ -15,6 +15,70 @@ use super::validate::validate;
 /// with no environment variables set.
 pub const STARTER_CONFIG: &str = include_str!("../../conf/example.yaml");
 
+/// The same starter in TOML (`config init --format toml`); a test checks that both load into the
+/// same configuration.
+pub const STARTER_CONFIG_TOML: &str = include_str!("../../conf/example.toml");
+
+/// The syntax of a config file. The schema, validation, field paths and `${VAR}` expansion are
+/// the same for both: a TOML document is turned into the YAML value tree and walked as one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+/// `--format`: the syntax of every config file this process reads, whatever its name.
+static FORMAT_OVERRIDE: once_cell::sync::OnceCell<Format> = once_cell::sync::OnceCell::new();
+
+/// Read every config file as `format` from now on (the command line's `--format`; reloads
+/// included). The first call wins.
+pub fn set_format_override(format: Format) {
+    let _ = FORMAT_OVERRIDE.set(format);
+}
+
+impl Format {
+    /// `--format` when given, else by extension as the Go cc-relay decides: `.toml` is TOML,
+    /// anything else YAML.
+    pub fn of_path(path: &Path) -> Format {
+        if let Some(format) = FORMAT_OVERRIDE.get() {
+            return *format;
+        }
+        Self::of_extension(path)
+    }
+
+    /// By extension alone.
+    pub fn of_extension(path: &Path) -> Format {
+        match path.extension() {
+            Some(e) if e.eq_ignore_ascii_case("toml") => Format::Toml,
+            _ => Format::Yaml,
+        }
+    }
+
+    /// `yaml`/`yml` or `toml`.
+    pub fn parse(name: &str) -> Option<Format> {
+        match name.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Yaml => "YAML",
+            Format::Toml => "TOML",
+        }
+    }
+
+    /// The documented starter config in this format.
+    pub fn starter(self) -> &'static str {
+        match self {
+            Format::Yaml => STARTER_CONFIG,
+            Format::Toml => STARTER_CONFIG_TOML,
+        }
+    }
+}
+
 /// The configuration used when no file is found: listen on loopback, one Anthropic provider.
 /// Its key list is added only when `ANTHROPIC_API_KEY` is set, because an empty key is an error
 /// while no key at all is a meaningful mode (passthrough of each client's own credentials).
@@ -57,6 +121,21 @@ pub fn load_str_with_warnings(yaml: &str) -> Result<(Config, Vec<String>), Confi
     load_with_env(yaml, &process_env)
 }
 
+/// [`load_str_with_warnings`] for text in `format`.
+pub fn load_str_as(text: &str, format: Format) -> Result<(Config, Vec<String>), ConfigError> {
+    load_format_with_env(text, format, &process_env)
+}
+
+/// [`load_str_as`] with `env` in place of the process environment for `${VAR}` expansion
+/// (tests that load other people's configs).
+pub fn load_str_as_with_env(
+    text: &str,
+    format: Format,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    load_format_with_env(text, format, env)
+}
+
 /// Reads, parses and validates a YAML file. Warnings go to `log::warn!`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let (config, warnings) = load_file_with_warnings(path)?;
@@ -64,36 +143,38 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// [`load_file`], returning the warnings instead of logging them.
+/// [`load_file`], returning the warnings instead of logging them. The format follows the
+/// extension ([`Format::of_path`]).
 pub fn load_file_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-    let is_toml = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
-    if is_toml {
-        // The Go cc-relay also read TOML; say so plainly instead of a YAML syntax error.
-        return Err(ConfigError::invalid(
-            path.display().to_string(),
-            "TOML configuration files are not supported; write the same keys as YAML",
-        ));
-    }
+    load_file_as(path, Format::of_path(path))
+}
+
+/// [`load_file_with_warnings`] in an explicit format (`--format`).
+pub fn load_file_as(path: &Path, format: Format) -> Result<(Config, Vec<String>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    load_with_env(&text, &process_env).map_err(|e| e.in_file(path))
+    load_format_with_env(&text, format, &process_env).map_err(|e| e.in_file(path))
 }
 
-/// The files [`discover`] looks for, in order, when no path is given: `./cc-relay.yaml`, then
-/// `$HOME/.config/cc-relay/config.yaml`.
+/// The files [`discover`] looks for, in order, when no path is given: `./cc-relay.yaml`,
+/// `./cc-relay.toml`, then the Go cc-relay's `./config.yaml`, `./config.toml` and
+/// `$HOME/.config/cc-relay/config.yaml` (or `.toml`).
 pub fn search_paths() -> Vec<PathBuf> {
-    let mut paths = vec![PathBuf::from("cc-relay.yaml")];
+    let mut paths: Vec<PathBuf> = [
+        "cc-relay.yaml",
+        "cc-relay.toml",
+        "config.yaml",
+        "config.toml",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        paths.push(
-            PathBuf::from(home)
-                .join(".config")
-                .join("cc-relay")
-                .join("config.yaml"),
-        );
+        let dir = PathBuf::from(home).join(".config").join("cc-relay");
+        paths.push(dir.join("config.yaml"));
+        paths.push(dir.join("config.toml"));
     }
     paths
 }
@@ -157,11 +238,53 @@ pub(crate) fn load_with_env(
     yaml: &str,
     env: Env<'_>,
 ) -> Result<(Config, Vec<String>), ConfigError> {
-    let mut value: Value = serde_yaml::from_str(yaml).map_err(|e| ConfigError::from_yaml(&e))?;
-    // `<<: *defaults` merge keys, handy for keys sharing limits.
-    value
-        .apply_merge()
-        .map_err(|e| ConfigError::from_yaml(&e))?;
+    load_format_with_env(yaml, Format::Yaml, env)
+}
+
+/// The document as the YAML value tree the walker reads.
+fn parse(text: &str, format: Format) -> Result<Value, ConfigError> {
+    match format {
+        Format::Yaml => {
+            let mut value: Value =
+                serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e))?;
+            // `<<: *defaults` merge keys, handy for keys sharing limits.
+            value
+                .apply_merge()
+                .map_err(|e| ConfigError::from_yaml(&e))?;
+            Ok(value)
+        }
+        Format::Toml => {
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text))?;
+            Ok(toml_to_yaml(toml::Value::Table(table)))
+        }
+    }
+}
+
+/// A TOML value as the same YAML value (a datetime, which no field takes, as its text).
+fn toml_to_yaml(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::Number(i.into()),
+        toml::Value::Float(f) => Value::Number(f.into()),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Sequence(items.into_iter().map(toml_to_yaml).collect()),
+        toml::Value::Table(table) => Value::Mapping(
+            table
+                .into_iter()
+                .map(|(k, v)| (Value::String(k), toml_to_yaml(v)))
+                .collect(),
+        ),
+    }
+}
+
+pub(crate) fn load_format_with_env(
+    text: &str,
+    format: Format,
+    env: Env<'_>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut value = parse(text, format)?;
     if value.is_null() {
         // An empty file (or only comments): every section takes its defaults.
         value = Value::Mapping(Mapping::new());
@@ -198,7 +321,26 @@ pub(crate) fn load_with_env(
             || p.char_indices()
                 .any(|(i, ch)| (ch == '.' || ch == '[') && within(i)))
     }));
+    if format == Format::Toml {
+        for e in &mut errors {
+            explain_toml_table(e);
+        }
+    }
     Err(ConfigError::from_issues(errors))
+}
+
+/// A field that belongs to an enclosing table but was written after a sub-table's header (TOML
+/// puts it in the sub-table): say where it was meant to go.
+fn explain_toml_table(error: &mut ConfigError) {
+    if let ConfigError::Invalid { path, message } = error {
+        if let Some(owner) = super::raw::enclosing_owner(path) {
+            let field = path.rsplit('.').next().unwrap_or_default();
+            message.push_str(&format!(
+                " (`{field}` is a field of `{owner}`: in TOML every line after a [table] \
+                 header belongs to that table, so write it above the header)"
+            ));
+        }
+    }
 }
 
 fn log_warnings(warnings: &[String]) {

@@ -22,8 +22,9 @@ mod tests;
 pub use diff::{summarize_changes, ChangeSummary};
 pub use error::ConfigError;
 pub use load::{
-    discover, discover_with_warnings, embedded_default, load_file, load_file_with_warnings,
-    load_str, load_str_with_warnings, search_paths, ConfigSource, STARTER_CONFIG,
+    discover, discover_with_warnings, embedded_default, load_file, load_file_as,
+    load_file_with_warnings, load_str, load_str_as, load_str_as_with_env, load_str_with_warnings,
+    search_paths, set_format_override, ConfigSource, Format, STARTER_CONFIG, STARTER_CONFIG_TOML,
 };
 pub use raw::go_ignored_keys;
 pub use raw::Node as FieldSchema;

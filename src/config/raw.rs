@@ -801,3 +801,52 @@ fn kind(v: &Value) -> &'static str {
         Value::Tagged(_) => "a tagged value",
     }
 }
+
+/// For an error at `path` (e.g. `providers[0].keys[0].models`): the nearest enclosing table
+/// above the field's own whose schema has a field of that name (`providers[0]`), if any. In
+/// TOML every line after a `[table]` header belongs to that table, so a provider field written
+/// after `[[providers.keys]]` lands in the key: this names where it was meant to go.
+pub(crate) fn enclosing_owner(path: &str) -> Option<String> {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let field = segments.pop()?;
+    let field = field.split('[').next().unwrap_or(field);
+    // Walk the schema along the containers, remembering each Map with its path.
+    let mut maps: Vec<(String, &'static [(&'static str, Node)])> = Vec::new();
+    let mut node: &'static Node = &TOP;
+    let mut so_far = String::new();
+    if let Map(fields) = node {
+        maps.push((String::new(), fields));
+    }
+    for segment in &segments {
+        let mut parts = segment.split('[');
+        let name = parts.next()?;
+        let Map(fields) = node else {
+            return None;
+        };
+        node = &fields.iter().find(|(n, _)| *n == name)?.1;
+        if !so_far.is_empty() {
+            so_far.push('.');
+        }
+        so_far.push_str(segment);
+        for _ in parts {
+            let List(item) = node else {
+                return None;
+            };
+            node = item;
+        }
+        if let Map(fields) = node {
+            maps.push((so_far.clone(), fields));
+        }
+    }
+    // The field's own container is the last level walked; look above it.
+    let own = if matches!(node, Map(_)) {
+        maps.len().checked_sub(1)?
+    } else {
+        maps.len()
+    };
+    maps[..own]
+        .iter()
+        .rev()
+        .find(|(_, fields)| fields.iter().any(|(n, _)| *n == field))
+        .map(|(at, _)| at.clone())
+}

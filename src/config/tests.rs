@@ -140,15 +140,37 @@ fn key_defaults_and_fields() {
 }
 
 #[test]
-fn empty_document_needs_a_provider() {
+fn a_document_without_providers_loads_with_a_warning_as_in_go() {
     for yaml in ["", "# nothing\n", "server: {}\n"] {
-        let e = errors(yaml);
-        assert_eq!(e.len(), 1);
-        assert!(
-            e[0].starts_with("providers: at least one provider is required"),
-            "{e:?}"
-        );
+        let (c, w) = load_env(yaml, &[]).unwrap();
+        assert!(c.providers.is_empty());
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("providers: none configured"), "{w:?}");
     }
+}
+
+#[test]
+fn a_toml_provider_field_after_a_key_table_says_where_it_belongs() {
+    let e = crate::config::load_str_as(
+        "[[providers]]\nname = \"a\"\ntype = \"anthropic\"\n[[providers.keys]]\n\
+         key = \"k\"\nmodels = [\"m\"]\n",
+        crate::config::Format::Toml,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("providers[0].keys[0].models: unknown field")
+            && e.contains("`models` is a field of `providers[0]`"),
+        "{e}"
+    );
+    // Not said for a plain typo, nor in YAML.
+    let typo = crate::config::load_str_as(
+        "[[providers]]\nname = \"a\"\ntype = \"anthropic\"\ncolour = 1\n",
+        crate::config::Format::Toml,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!typo.contains("is a field of"), "{typo}");
 }
 
 #[test]
@@ -1092,7 +1114,7 @@ fn type_errors_are_not_repeated_by_validation() {
 fn yaml_syntax_error_has_a_location() {
     let err = load_env("providers:\n  - name: [a,\n", &[]).unwrap_err();
     match &err {
-        ConfigError::Yaml { line, column, .. } => {
+        ConfigError::Syntax { line, column, .. } => {
             assert!(line.is_some() && column.is_some());
         }
         other => panic!("expected a YAML error, got {other:?}"),
@@ -1171,12 +1193,136 @@ fn load_file_errors() {
     let e = load_file(&bad).unwrap_err();
     assert!(e.to_string().starts_with(&bad.display().to_string()), "{e}");
 
+    // A .toml file is TOML: a syntax error says so with file:line:column, without quoting
+    // the line (it could hold a key).
     let toml = dir.path().join("config.toml");
-    std::fs::write(&toml, "[server]\n").unwrap();
-    assert!(load_file(&toml)
-        .unwrap_err()
-        .to_string()
-        .contains("TOML configuration files are not supported"));
+    std::fs::write(
+        &toml,
+        "[server]\nlisten = \"127.0.0.1:1\"\n\n[[providers]]\nkey = sk-ant-secret\n",
+    )
+    .unwrap();
+    let e = load_file(&toml).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}:5:7: invalid TOML:", toml.display())),
+        "{e}"
+    );
+    assert!(!e.contains("sk-ant-secret"), "{e}");
+}
+
+/// The same configuration written as YAML and as TOML.
+const SAME_YAML: &str = "\
+server:
+  listen: \"127.0.0.1:9000\"
+  auth:
+    api_key: \"${RELAY_KEY}\"
+providers:
+  - name: anthropic
+    type: anthropic
+    keys:
+      - key: \"${KEY_A}\"
+        rpm_limit: 50
+        priority: 2
+      - key: \"${KEY_B:-sk-b}\"
+    pooling:
+      strategy: round_robin
+  - name: glm
+    type: zai
+    models: [glm-4.6]
+    model_mapping:
+      claude-sonnet-4-5: glm-4.6
+    keys:
+      - key: zai-key
+routing:
+  strategy: failover
+  failover_timeout: 5000
+  model_mapping:
+    claude-opus: anthropic
+health:
+  circuit_breaker:
+    failure_threshold: 3
+";
+
+const SAME_TOML: &str = r#"
+[server]
+listen = "127.0.0.1:9000"
+auth = { api_key = "${RELAY_KEY}" }
+
+[[providers]]
+name = "anthropic"
+type = "anthropic"
+pooling = { strategy = "round_robin" }
+
+[[providers.keys]]
+key = "${KEY_A}"
+rpm_limit = 50
+priority = 2
+
+[[providers.keys]]
+key = "${KEY_B:-sk-b}"
+
+[[providers]]
+name = "glm"
+type = "zai"
+models = ["glm-4.6"]
+model_mapping = { claude-sonnet-4-5 = "glm-4.6" }
+keys = [{ key = "zai-key" }]
+
+[routing]
+strategy = "failover"
+failover_timeout = 5000
+model_mapping = { claude-opus = "anthropic" }
+
+[health.circuit_breaker]
+failure_threshold = 3
+"#;
+
+#[test]
+fn the_same_config_as_yaml_and_as_toml_validates_the_same() {
+    let env = |name: &str| match name {
+        "RELAY_KEY" => Some("relay-secret".to_owned()),
+        "KEY_A" => Some("sk-a".to_owned()),
+        _ => None,
+    };
+    let (yaml, yaml_warnings) =
+        crate::config::load_str_as_with_env(SAME_YAML, crate::config::Format::Yaml, &env).unwrap();
+    let (toml, toml_warnings) =
+        crate::config::load_str_as_with_env(SAME_TOML, crate::config::Format::Toml, &env).unwrap();
+    assert!(yaml == toml, "{yaml:#?}\n{toml:#?}");
+    assert_eq!(yaml_warnings, toml_warnings);
+    assert_eq!(toml.providers[0].keys[1].key.expose(), "sk-b");
+    assert_eq!(toml.providers[0].keys[0].rpm_limit, 50);
+}
+
+#[test]
+fn toml_errors_name_the_field_path() {
+    let errors = crate::config::load_str_as(
+        "[[providers]]\nname = \"a\"\ntype = \"anthropic\"\n\n[[providers.keys]]\n\
+         key = \"k\"\npriority = 7\ncolour = \"red\"\n",
+        crate::config::Format::Toml,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(errors.contains("providers[0].keys[0].priority"), "{errors}");
+    assert!(errors.contains("providers[0].keys[0].colour"), "{errors}");
+}
+
+#[test]
+fn the_toml_starter_is_the_yaml_starter() {
+    let env = |_: &str| None;
+    let yaml = crate::config::load_str_as_with_env(
+        crate::config::STARTER_CONFIG,
+        crate::config::Format::Yaml,
+        &env,
+    )
+    .unwrap();
+    let toml = crate::config::load_str_as_with_env(
+        crate::config::STARTER_CONFIG_TOML,
+        crate::config::Format::Toml,
+        &env,
+    )
+    .unwrap();
+    assert!(yaml.0 == toml.0, "{:#?}\n{:#?}", yaml.0, toml.0);
+    assert_eq!(yaml.1, toml.1);
 }
 
 #[test]

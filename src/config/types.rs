@@ -14,7 +14,7 @@ use crate::pool::Strategy;
 pub use crate::providers::Kind;
 
 /// The whole validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub server: ServerSettings,
     pub providers: Vec<ProviderConfig>,
@@ -37,7 +37,7 @@ pub struct MetricsConfig {
     pub endpoint: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerSettings {
     /// `server.listen`; Go-style `:8787` means `0.0.0.0:8787`.
     pub listen: SocketAddr,
@@ -68,7 +68,7 @@ pub struct ServerSettings {
 }
 
 /// The relay's own client authentication (`server.auth`). All `None`/false = open relay.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AuthConfig {
     /// `server.auth.api_key`: clients must send this as `x-api-key` (or Bearer when allowed).
     pub api_key: Option<Secret>,
@@ -121,7 +121,7 @@ impl fmt::Display for BaseUrl {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub kind: Kind,
@@ -146,7 +146,7 @@ pub struct ProviderConfig {
     pub options: serde_yaml::Mapping,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolingConfig {
     /// `pooling.strategy` (default `least_loaded`).
     pub strategy: Strategy,
@@ -159,7 +159,7 @@ pub struct PoolingConfig {
     pub max_cooldown: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KeyConfig {
     pub key: Secret,
     /// Display id: `name` if given, else `key-` + first 8 hex chars of a hash of the key.
@@ -186,7 +186,7 @@ pub struct KeyConfig {
 }
 
 /// One AWS credential of a Bedrock key.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AwsCredential {
     pub access_key_id: String,
     pub secret_access_key: Secret,
@@ -213,7 +213,7 @@ impl KeyConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RoutingConfig {
     /// `routing.strategy` (default `failover`): the order in which a request's candidate
     /// providers are tried.

@@ -475,11 +475,14 @@ fn providers(raw: Vec<RawProvider>, c: &mut Ctx) -> Vec<ProviderConfig> {
     }
 
     if out.is_empty() {
-        c.error(
-            "providers",
-            "at least one provider is required; e.g. - { name: anthropic, type: anthropic }",
+        // The Go relay accepts a config without providers (a placeholder, or a docs snippet of
+        // one section): so does this one, loudly.
+        c.warn(
+            "providers: none configured; requests will be refused (add e.g. \
+             - { name: anthropic, type: anthropic })"
+                .to_string(),
         );
-    } else if !out.is_empty() && out.iter().all(|p| !p.enabled) {
+    } else if out.iter().all(|p| !p.enabled) {
         c.warn("providers: every provider is disabled; requests will be refused".to_string());
     }
     out
@@ -890,6 +893,10 @@ fn routing(raw: RawRouting, providers: &[ProviderConfig], c: &mut Ctx) -> Routin
         None | Some("") => None,
         Some(d) => {
             match providers.iter().find(|p| p.name == d) {
+                // A config with no providers (a placeholder, as Go allows) names none yet.
+                None if providers.is_empty() => c.warn(format!(
+                    "routing.default_provider: no provider named {d:?} (there are none)"
+                )),
                 None => c.error(
                     "routing.default_provider",
                     format!("no provider named {d:?} (providers: {})", names()),

@@ -15,6 +15,7 @@
 //! Under systemd (`Type=notify`, `NotifyAccess=all`) the relay reports `READY=1` with its pid, so
 //! the process an upgrade starts becomes the service's main process.
 
+mod claude_code;
 mod client;
 mod dns;
 mod health;
@@ -40,6 +41,7 @@ use pingora::services::background::background_service;
 use crate::config::{self, ConfigError, ConfigSource};
 use crate::proxy::{shared, Relay, RuntimeState};
 
+pub use claude_code::{settings_path as claude_code_settings_path, ClaudeCodeSetup};
 pub use client::{send_reload, send_upgrade};
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;

@@ -46,6 +46,15 @@ impl StatusTarget {
         })
     }
 
+    /// `GET /health`: whether the relay answers (no key needed).
+    pub fn health(&self) -> Result<(), LifecycleError> {
+        let url = format!("{}/health", self.url);
+        match get_url_json(&url, None).map_err(LifecycleError::Status)? {
+            (200, _) => Ok(()),
+            (code, _) => Err(LifecycleError::Status(format!("{url} answered {code}"))),
+        }
+    }
+
     /// `GET /status`.
     pub fn fetch(&self) -> Result<Value, LifecycleError> {
         let credential = self.api_key.clone().map(|k| ("x-api-key", k));

@@ -84,6 +84,8 @@ pub enum ApiError {
          until the relay's config is reloaded"
     )]
     PoolDisabled { provider: String },
+    #[error("no enabled provider is configured; see the relay's config")]
+    NoProvider,
     #[error(
         "every provider that could serve this request is failing (circuit open); retry after \
          {retry_after_secs} s"
@@ -127,6 +129,7 @@ impl ApiError {
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
             ApiError::Overloaded { .. }
             | ApiError::PoolDisabled { .. }
+            | ApiError::NoProvider
             | ApiError::CircuitsOpen { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -148,6 +151,7 @@ impl ApiError {
             ApiError::Overloaded { .. } | ApiError::CircuitsOpen { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
             | ApiError::PoolDisabled { .. }
+            | ApiError::NoProvider
             | ApiError::UpstreamTimeout { .. }
             | ApiError::Internal(_) => "api_error",
         }

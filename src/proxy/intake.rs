@@ -193,7 +193,7 @@ pub fn plan(
 
     let (providers, default) = state.candidates(ctx.facts.model.as_deref());
     if providers.is_empty() {
-        return ApiError::Internal("no enabled provider is configured".into()).into();
+        return ApiError::NoProvider.into();
     }
     let health = &state.config.health;
     let now = std::time::Instant::now();
