@@ -242,3 +242,71 @@ fn each_docs_toml_tab_is_its_yaml_tab() {
     }
     assert!(compared >= 40, "only {compared} YAML/TOML pairs compared");
 }
+
+/// Every key of the Go relay's config structs (internal/config, internal/health,
+/// internal/cache at the commit in tests/compat/go/SOURCE.md) has a row in the README's table.
+#[test]
+fn the_readme_says_what_becomes_of_every_go_config_key() {
+    const GO_KEYS: &[&str] = &[
+        "server.listen",
+        "timeout_ms",
+        "max_concurrent",
+        "server.max_body_bytes",
+        "server.api_key",
+        "server.auth.api_key",
+        "bearer_secret",
+        "allow_bearer",
+        "allow_subscription",
+        "server.enable_http2",
+        "providers[].name",
+        "type",
+        "enabled",
+        "base_url",
+        "models",
+        "model_mapping",
+        "providers[].keys[].key",
+        "rpm_limit",
+        "itpm_limit",
+        "otpm_limit",
+        "tpm_limit",
+        "priority",
+        "weight",
+        "providers[].pooling.strategy",
+        "providers[].pooling.enabled",
+        "providers[].aws_region",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "providers[].gcp_project_id",
+        "gcp_region",
+        "providers[].azure_resource_name",
+        "azure_deployment_id",
+        "providers[].azure_api_version",
+        "routing.strategy",
+        "default_provider",
+        "failover_timeout",
+        "debug",
+        "logging.level",
+        "format",
+        "output",
+        "logging.pretty",
+        "logging.debug_options",
+        "health.health_check.enabled",
+        "interval_ms",
+        "health.circuit_breaker.failure_threshold",
+        "open_duration_ms",
+        "half_open_probes",
+        "cache.*",
+        "ristretto",
+        "olric",
+    ];
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: String = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| Go key |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap_or_default())
+        .collect();
+    let missing: Vec<&&str> = GO_KEYS.iter().filter(|k| !table.contains(**k)).collect();
+    assert!(missing.is_empty(), "no README row for {missing:?}");
+}

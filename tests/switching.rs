@@ -335,3 +335,84 @@ async fn claude_code_set_up_by_config_cc_init_reaches_the_relay() {
         .header("authorization")
         .is_none_or(|a| !a.contains("relay-key-for-claude"))));
 }
+
+/// A relay serving a TOML file reloads it: a new key is in the pool after `cc-relay reload`,
+/// and a broken TOML reload is refused while the old config keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_toml_config_serves_and_reloads() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let port = free_port();
+    let write = |keys: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npid_file = \"{pid}\"\n\
+                 upgrade_sock = \"{sock}\"\n\n[[providers]]\nname = \"anthropic\"\n\
+                 type = \"anthropic\"\nbase_url = \"{base}\"\n{keys}",
+                pid = dir.path().join("pid").display(),
+                sock = dir.path().join("sock").display(),
+                base = mock.base_url(),
+            ),
+        )
+        .unwrap();
+    };
+    write("\n[[providers.keys]]\nname = \"one\"\nkey = \"sk-one\"\n");
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_url = format!("http://127.0.0.1:{port}/status");
+    let keys = || async {
+        let status: serde_json::Value = reqwest::get(&status_url).await?.json().await?;
+        Ok::<_, reqwest::Error>(
+            status["providers"][0]["keys"]
+                .as_array()
+                .map(|k| k.iter().map(|k| k["id"].to_string()).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while keys().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys().await.unwrap(), ["\"one\""]);
+
+    write(
+        "\n[[providers.keys]]\nname = \"one\"\nkey = \"sk-one\"\n\n\
+         [[providers.keys]]\nname = \"two\"\nkey = \"sk-two\"\n",
+    );
+    let reload = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["reload", "--config", path.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = reload(path.clone()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(keys().await.unwrap(), ["\"one\"", "\"two\""]);
+
+    std::fs::write(&path, "[server\nlisten = 1\n").unwrap();
+    let out = reload(path.clone()).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid TOML"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(keys().await.unwrap(), ["\"one\"", "\"two\""]);
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
