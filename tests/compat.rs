@@ -33,12 +33,7 @@ const WARNINGS: &[(&str, &[&str])] = &[
     ("caching-17.toml", &["providers"]),
     (
         "configuration-03.yaml",
-        &[
-            "server.enable_http2",
-            "logging.pretty",
-            "logging.debug_options",
-            "cache",
-        ],
+        &["logging.pretty", "logging.debug_options", "cache"],
     ),
     ("configuration-05.yaml", &["providers"]),
     ("configuration-06.toml", &["providers"]),
@@ -50,14 +45,8 @@ const WARNINGS: &[(&str, &[&str])] = &[
     ("configuration-12.toml", &["providers"]),
     ("configuration-13.yaml", &["providers"]),
     ("configuration-14.toml", &["providers"]),
-    (
-        "configuration-15.yaml",
-        &["server.enable_http2", "providers"],
-    ),
-    (
-        "configuration-16.toml",
-        &["server.enable_http2", "providers"],
-    ),
+    ("configuration-15.yaml", &["providers"]),
+    ("configuration-16.toml", &["providers"]),
     ("configuration-27.yaml", &["providers"]),
     ("configuration-28.toml", &["providers"]),
     (
@@ -86,7 +75,7 @@ const WARNINGS: &[(&str, &[&str])] = &[
         "configuration-48.toml",
         &["logging.pretty", "logging.debug_options"],
     ),
-    ("example.yaml", &["server.enable_http2", "cache", "grpc"]),
+    ("example.yaml", &["cache", "grpc"]),
     ("getting-started-03.yaml", &["providers"]),
     ("getting-started-04.toml", &["providers"]),
     ("health-01.yaml", &["providers"]),

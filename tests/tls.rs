@@ -14,7 +14,7 @@ struct TlsUpstream {
     port: u16,
     /// The CA that signed the upstream's certificate.
     cert: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    _ca: TestCa,
 }
 
 impl Drop for TlsUpstream {
@@ -24,76 +24,10 @@ impl Drop for TlsUpstream {
     }
 }
 
-fn openssl(args: &[&str], dir: &std::path::Path) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl is needed to make test certificates");
-    assert!(status.success(), "openssl {args:?}");
-}
-
-/// A test CA, a server certificate for 127.0.0.1 signed by it, and an HTTPS upstream serving
-/// with that certificate. (webpki refuses a self-signed CA certificate as a server's.)
+/// An HTTPS upstream serving a certificate from a test CA.
 fn tls_upstream() -> TlsUpstream {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(
-        d.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cc-relay test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-    ];
-    for step in steps {
-        openssl(step, d);
-    }
-    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("127.0.0.1");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/tls_upstream.py");
     let mut child = Command::new("python3")
         .arg(script)
@@ -109,8 +43,8 @@ fn tls_upstream() -> TlsUpstream {
     TlsUpstream {
         child,
         port: line.trim().parse().expect("upstream port"),
-        cert: d.join("ca.pem"),
-        _dir: dir,
+        cert: ca.cert.clone(),
+        _ca: ca,
     }
 }
 

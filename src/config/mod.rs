@@ -18,6 +18,7 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use diff::{summarize_changes, ChangeSummary};
 pub use error::ConfigError;

@@ -61,6 +61,15 @@ pub(crate) struct RawServer {
     pub auth: RawAuth,
     /// Go's legacy spelling of `server.auth.api_key`; `auth.api_key` wins when both are set.
     pub api_key: Option<String>,
+    pub tls: Option<RawTls>,
+    pub enable_http2: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -216,8 +225,11 @@ const SERVER: Node = Map(&[
     ("upgrade_sock", Str),
     ("auth", AUTH),
     ("api_key", ClientSecret),
-    ("enable_http2", GoIgnored),
+    ("tls", TLS),
+    ("enable_http2", Bool),
 ]);
+
+const TLS: Node = Map(&[("cert_file", Str), ("key_file", Str)]);
 
 const AUTH: Node = Map(&[
     ("api_key", ClientSecret),

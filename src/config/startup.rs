@@ -37,6 +37,22 @@ pub const STARTUP_SETTINGS: &[StartupSetting] = &[
         pin: |new, running| new.metrics.listen = running.metrics.listen,
     },
     StartupSetting {
+        field: "server.tls",
+        show: |c| if c.server.tls.is_some() { "on" } else { "off" }.to_owned(),
+        // Its files may change on a reload (the certificate is reloaded); on or off is the
+        // listener's.
+        pin: |new, running| {
+            if new.server.tls.is_some() != running.server.tls.is_some() {
+                new.server.tls = running.server.tls.clone();
+            }
+        },
+    },
+    StartupSetting {
+        field: "server.enable_http2",
+        show: |c| c.server.enable_http2.to_string(),
+        pin: |new, running| new.server.enable_http2 = running.server.enable_http2,
+    },
+    StartupSetting {
         field: "server.threads",
         show: |c| c.server.threads.to_string(),
         pin: |new, running| new.server.threads = running.server.threads,

@@ -862,14 +862,16 @@ fn unknown_key_that_looks_like_a_secret_is_not_echoed() {
 
 #[test]
 fn go_keys_are_accepted_with_a_warning() {
-    let w = warnings(&format!("server:\n  enable_http2: true\n{ONE}"));
+    let w = warnings(&format!("logging:\n  pretty: true\n{ONE}"));
     assert_eq!(
         w,
         vec![
-            "server.enable_http2: accepted for compatibility with the Go cc-relay but not \
+            "logging.pretty: accepted for compatibility with the Go cc-relay but not \
               implemented; ignored"
         ]
     );
+    // enable_http2 is implemented now.
+    assert!(warnings(&format!("server:\n  enable_http2: true\n{ONE}")).is_empty());
 
     let w = warnings(&format!(
         "{ONE}health:\n  health_check:\n    enabled: true\n    interval_ms: 10000\n\
@@ -889,7 +891,7 @@ fn go_keys_are_accepted_with_a_warning() {
     ));
 
     let listed = go_ignored_keys();
-    assert!(listed.contains(&"server.enable_http2".to_string()));
+    assert!(listed.contains(&"logging.pretty".to_string()));
     assert!(listed.contains(&"providers[].aws_region".to_string()));
 }
 

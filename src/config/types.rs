@@ -65,6 +65,18 @@ pub struct ServerSettings {
     pub pid_file: PathBuf,
     /// `server.upgrade_sock` (default `/tmp/cc-relay_upgrade.sock`).
     pub upgrade_sock: PathBuf,
+    /// `server.tls`: serve clients over TLS with this certificate (reloaded with the config).
+    pub tls: Option<TlsFiles>,
+    /// `server.enable_http2` (the Go relay's key): HTTP/2 from clients, by ALPN over TLS and
+    /// as h2c (prior knowledge) on a plain listener.
+    pub enable_http2: bool,
+}
+
+/// `server.tls`: a PEM certificate chain and its private key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// The relay's own client authentication (`server.auth`). All `None`/false = open relay.

@@ -188,6 +188,7 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         c,
     );
     let auth = auth(raw.auth, raw.api_key, c);
+    let tls = raw.tls.and_then(|t| tls(t, c));
 
     ServerSettings {
         listen,
@@ -202,7 +203,33 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         graceful_shutdown_timeout: Duration::from_secs(shutdown as u64),
         pid_file,
         upgrade_sock,
+        tls,
+        enable_http2: raw.enable_http2.unwrap_or(false),
     }
+}
+
+/// `server.tls`: both files, and they must load (a certificate that would fail the listener
+/// fails the config instead, naming the file).
+fn tls(raw: crate::config::raw::RawTls, c: &mut Ctx) -> Option<TlsFiles> {
+    let file = |v: Option<String>, field: &str, c: &mut Ctx| match v.map(|s| s.trim().to_owned()) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            c.error(
+                format!("server.tls.{field}"),
+                "is required with server.tls (a PEM file)",
+            );
+            None
+        }
+    };
+    let files = TlsFiles {
+        cert_file: file(raw.cert_file, "cert_file", c)?,
+        key_file: file(raw.key_file, "key_file", c)?,
+    };
+    if let Err(e) = super::tls::load(&files) {
+        c.error("server.tls", e);
+        return None;
+    }
+    Some(files)
 }
 
 fn default_threads() -> usize {

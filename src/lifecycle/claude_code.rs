@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use jsonc_parser::cst::{CstInputValue, CstObject, CstRootNode};
 use jsonc_parser::ParseOptions;
 
-use super::server::loopback_of;
 use super::LifecycleError;
 use crate::config;
 
@@ -67,7 +66,7 @@ impl ClaudeCodeSetup {
     ) -> Result<ClaudeCodeSetup, LifecycleError> {
         let (cfg, _, _) = config::discover_with_warnings(config_path)?;
         let url = url
-            .unwrap_or_else(|| format!("http://{}", loopback_of(cfg.server.listen)))
+            .unwrap_or_else(|| super::client::local_url(&cfg))
             .trim_end_matches('/')
             .to_owned();
         let auth = &cfg.server.auth;

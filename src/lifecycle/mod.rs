@@ -27,6 +27,7 @@ mod signals;
 mod status;
 mod systemd;
 mod task;
+mod tls;
 mod upgrade;
 mod watch;
 
@@ -126,6 +127,14 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let admin_listen = cfg.server.admin_listen;
     let metrics_listen = cfg.metrics.listen.filter(|_| cfg.metrics.enabled);
     let metrics_endpoint = cfg.metrics.endpoint.clone();
+    let client_tls = match &cfg.server.tls {
+        Some(files) => Some(
+            tls::settings(files, cfg.server.enable_http2)
+                .map_err(|e| ConfigError::invalid("server.tls", e))?,
+        ),
+        None => None,
+    };
+    let h2c = cfg.server.enable_http2 && cfg.server.tls.is_none();
     let pid_file = cfg.server.pid_file.clone();
     let upgrade_sock = cfg.server.upgrade_sock.clone();
     let conf = server_conf(&cfg);
@@ -143,7 +152,19 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
         Relay::new(state.clone()),
         "cc-relay",
     );
-    proxy.add_listener(client_listener(listen));
+    let mut listener = client_listener(listen);
+    if let Some(tls) = client_tls {
+        listener = listener.tls(tls);
+    }
+    proxy.add_listener(listener);
+    if h2c {
+        // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         server.add_service(crate::admin::admin_service(state.clone(), admin_listen));

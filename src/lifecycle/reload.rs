@@ -15,6 +15,11 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
     let old = state.current.load_full();
     let changes = config::summarize_changes(&old.config, &new_cfg);
     config::keep_running_startup_settings(&mut new_cfg, &old.config);
+    // The certificate is read again on every reload (renewed files under the same names);
+    // one that does not load refuses the reload, and the current one keeps serving.
+    if let Some(files) = &new_cfg.server.tls {
+        super::tls::reload(files).map_err(|e| format!("server.tls: {e}"))?;
+    }
     let logging_changed = new_cfg.logging != old.config.logging;
     if logging_changed {
         init_logging(&new_cfg.logging);

@@ -7,7 +7,6 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::client::get_url_json;
-use super::server::loopback_of;
 use super::LifecycleError;
 use crate::config;
 
@@ -37,7 +36,7 @@ impl StatusTarget {
                         .as_ref()
                         .map(|k| k.expose().to_owned())
                 });
-                (format!("http://{}", loopback_of(cfg.server.listen)), key)
+                (super::client::local_url(&cfg), key)
             }
         };
         Ok(StatusTarget {

@@ -64,8 +64,13 @@ impl BackgroundService for LifecycleTask {
             );
             std::process::exit(1);
         }
+        let scheme = if self.state.current.load().config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         log::info!(
-            "cc-relay {} listening on http://{}",
+            "cc-relay {} listening on {scheme}://{}",
             env!("CARGO_PKG_VERSION"),
             self.listen
         );

@@ -331,6 +331,11 @@ pub fn throttled(secs: &str) -> Fault {
 /// Run `scenario` of `tests/sdk/sdk_client.py` (the official Anthropic Python SDK, installed by
 /// `make deps-test`; a missing SDK fails with instructions, never skips) against `relay`.
 pub fn run_sdk(relay: &RelayProcess, scenario: &str) {
+    run_sdk_at(relay, &relay.url(""), scenario, &[]);
+}
+
+/// [`run_sdk`] against `base_url` (e.g. the relay's https URL) with `env` for the client.
+pub fn run_sdk_at(relay: &RelayProcess, base_url: &str, scenario: &str, env: &[(&str, &str)]) {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_client.py");
     let probe = Command::new(&python)
@@ -343,8 +348,9 @@ pub fn run_sdk(relay: &RelayProcess, scenario: &str) {
     );
     let out = Command::new(&python)
         .arg(script)
-        .arg(relay.url(""))
+        .arg(base_url)
         .arg(scenario)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -354,4 +360,93 @@ pub fn run_sdk(relay: &RelayProcess, scenario: &str) {
         String::from_utf8_lossy(&out.stderr),
         relay.logs()
     );
+}
+
+/// A test certificate authority (openssl CLI) and the server certificates it issues.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (PEM), for clients to trust.
+    pub cert: PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is needed to make test certificates");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=cc-relay test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            dir.path(),
+        );
+        let cert = dir.path().join("ca.pem");
+        TestCa { dir, cert }
+    }
+
+    /// A certificate for 127.0.0.1 and localhost with common name `name`: `(cert, key)`.
+    /// (webpki refuses a self-signed CA certificate as a server's, hence the CA.)
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            d.join(&ext),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subject = format!("/CN={name}");
+        openssl(
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+                &csr,
+            ],
+            d,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+            d,
+        );
+        (d.join(cert), d.join(key))
+    }
 }

@@ -1,6 +1,9 @@
 """Drives a running cc-relay with the official Anthropic Python SDK (its strict SSE parser is the
-client our users have). Usage: sdk_client.py BASE_URL SCENARIO. Exits non-zero on any mismatch."""
+client our users have). Usage: sdk_client.py BASE_URL SCENARIO. Exits non-zero on any mismatch.
+With CC_RELAY_TEST_CA set, an https BASE_URL is trusted through that CA certificate only."""
 
+import os
+import ssl
 import sys
 
 import anthropic
@@ -97,7 +100,15 @@ def foundry_error(client: anthropic.Anthropic) -> None:
 
 def main() -> None:
     base_url, scenario = sys.argv[1], sys.argv[2]
-    client = anthropic.Anthropic(base_url=base_url, api_key="client-key", max_retries=0)
+    options = {}
+    ca = os.environ.get("CC_RELAY_TEST_CA")
+    if ca:
+        options["http_client"] = anthropic.DefaultHttpxClient(
+            verify=ssl.create_default_context(cafile=ca)
+        )
+    client = anthropic.Anthropic(
+        base_url=base_url, api_key="client-key", max_retries=0, **options
+    )
     scenarios = {
         "happy": happy,
         "midstream": midstream,

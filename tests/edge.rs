@@ -1,0 +1,238 @@
+//! The relay at the edge: TLS and HTTP/2 for clients (`server.tls`, `server.enable_http2`), a
+//! certificate swapped by a reload under load.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn tls_block(cert: &Path, key: &Path, http2: bool) -> String {
+    format!(
+        "  enable_http2: {http2}\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+fn https(relay: &RelayProcess, path: &str) -> String {
+    format!("https://localhost:{}{path}", relay.addr.port())
+}
+
+/// `curl` with `args`: the HTTP version it used and the status, then the body.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is needed for the HTTP/2 tests");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, line) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (line.to_owned(), body.to_owned())
+}
+
+const STREAM: &str =
+    r#"{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const JSON: &str = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn post<'a>(url: &'a str, body: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![url, "-H", "content-type: application/json", "-d", body];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_over_https_and_curl_over_http2_by_alpn() {
+    let mock = start_mock().await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("relay");
+    let relay = RelayProcess::start(
+        &tls_block(&cert, &key, true),
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    let ca_file = ca.cert.to_str().unwrap();
+    tokio::task::block_in_place(|| {
+        run_sdk_at(
+            &relay,
+            &https(&relay, ""),
+            "happy",
+            &[("CC_RELAY_TEST_CA", ca_file)],
+        );
+        let url = https(&relay, "/v1/messages");
+        for (body, expect) in [(STREAM, "message_stop"), (JSON, "\"usage\"")] {
+            let (status, text) = curl(&post(&url, body, &["--http2", "--cacert", ca_file]));
+            assert_eq!(status, "2 200", "{text}");
+            assert!(text.contains(expect), "{text}");
+        }
+        // HTTP/1.1 over the same listener.
+        let (status, _) = curl(&post(&url, JSON, &["--http1.1", "--cacert", ca_file]));
+        assert_eq!(status, "1.1 200");
+        // Plain HTTP to the TLS port is not answered as HTTP.
+        let (status, _) = curl(&[&relay.url("/health")]);
+        assert_eq!(status, "0 000");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_with_prior_knowledge_on_a_plain_listener_only_when_enabled() {
+    let mock = start_mock().await;
+    for enabled in [true, false] {
+        let relay = RelayProcess::start(
+            &format!("  enable_http2: {enabled}\n"),
+            &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+        );
+        let url = relay.url("/v1/messages");
+        tokio::task::block_in_place(|| {
+            let (status, text) = curl(&post(&url, STREAM, &["--http2-prior-knowledge"]));
+            if enabled {
+                assert_eq!(status, "2 200", "{text}");
+                assert!(text.contains("message_stop"), "{text}");
+                let (status, text) = curl(&post(&url, JSON, &["--http2-prior-knowledge"]));
+                assert_eq!(status, "2 200", "{text}");
+            } else {
+                assert_ne!(status, "2 200", "{text}");
+            }
+            let (status, _) = curl(&post(&url, JSON, &["--http1.1"]));
+            assert_eq!(status, "1.1 200");
+        });
+    }
+}
+
+/// The certificate's common name as a fresh handshake sees it.
+fn served_name(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null \
+             2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_swapped_and_reloaded_under_load_fails_no_request() {
+    let mock = start_mock().await;
+    let ca = TestCa::new();
+    let (cert_a, key_a) = ca.issue("relay-a");
+    let (cert_b, key_b) = ca.issue("relay-b");
+    let live = tempfile::tempdir().unwrap();
+    let (cert, key) = (live.path().join("cert.pem"), live.path().join("key.pem"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let relay = RelayProcess::start(
+        &tls_block(&cert, &key, true),
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    assert!(served_name(relay.addr.port()).contains("relay-a"));
+
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let url = https(&relay, "/v1/messages");
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (stop, ok, failed, root, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            root.clone(),
+            url.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // Half the workers open a new connection (a new handshake) every request.
+                let client = reqwest::Client::builder()
+                    .add_root_certificate(root.clone())
+                    .use_rustls_tls()
+                    .http2_prior_knowledge_if(worker % 2 == 0)
+                    .build()
+                    .unwrap();
+                let body = if worker % 2 == 0 { STREAM } else { JSON };
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let whole = match sent {
+                    Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if whole {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    let out = reload(&relay).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", relay.logs());
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    assert!(served_name(relay.addr.port()).contains("relay-b"));
+
+    // A key that does not belong to the certificate: refused, naming the file; B stays.
+    std::fs::copy(&key_a, &key).unwrap();
+    let out = reload(&relay).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} does not belong to", key.display())),
+        "{err}"
+    );
+    assert!(served_name(relay.addr.port()).contains("relay-b"));
+}
+
+/// `cc-relay reload` on the relay's config.
+async fn reload(relay: &RelayProcess) -> std::process::Output {
+    let config = relay.config_path.clone();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["reload", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+trait PriorKnowledge {
+    fn http2_prior_knowledge_if(self, on: bool) -> Self;
+}
+
+impl PriorKnowledge for reqwest::ClientBuilder {
+    /// Over TLS, ALPN decides; `http2_prior_knowledge` then forces h2 through it.
+    fn http2_prior_knowledge_if(self, on: bool) -> Self {
+        if on {
+            self.http2_prior_knowledge()
+        } else {
+            self.http1_only()
+        }
+    }
+}
