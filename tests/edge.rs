@@ -236,3 +236,88 @@ impl PriorKnowledge for reqwest::ClientBuilder {
         }
     }
 }
+
+/// Read from `stream` until it closes or `within` passes: whether it closed, and what came.
+fn read_until_closed(stream: &mut std::net::TcpStream, within: Duration) -> (bool, String) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (true, String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+    (false, String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_kept_alive_connection_is_closed_after_idle_timeout() {
+    use std::io::Write;
+    let mock = start_mock().await;
+    for (idle, closes) in [("  idle_timeout_ms: 1000\n", true), ("", false)] {
+        let relay = RelayProcess::start(idle, &pool_config(&mock, &[("k1", "sk-1", "")], ""));
+        tokio::task::block_in_place(|| {
+            let mut stream = std::net::TcpStream::connect(relay.addr).unwrap();
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n")
+                .unwrap();
+            // The answer arrives, the connection stays open for the next request...
+            let (closed, answer) = read_until_closed(&mut stream, Duration::from_millis(500));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(!closed);
+            // ...until it has idled for the timeout (the default is 60 s).
+            let (closed, _) = read_until_closed(&mut stream, Duration::from_millis(2500));
+            assert_eq!(closed, closes, "idle setting {idle:?}");
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
+    use std::io::Write;
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(
+        "  client_body_timeout_ms: 1000\n",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    let slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+            s.write_all(
+                b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-type: application/json\r\n\
+                  content-length: 100\r\n\r\n{\"model\":",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // Meanwhile a normal request is served at once.
+    let started = std::time::Instant::now();
+    let ok = post_messages(&relay, &message_body("m", false), &[]).await;
+    assert_eq!(ok.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(900));
+    tokio::task::block_in_place(|| {
+        for mut s in slow {
+            let (closed, answer) = read_until_closed(&mut s, Duration::from_secs(3));
+            assert!(closed, "{answer}");
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(
+                answer.contains("\"type\":\"invalid_request_error\"")
+                    && answer.contains("nothing for 1000 ms"),
+                "{answer}"
+            );
+        }
+    });
+    assert_eq!(mock.request_count(), 1);
+}

@@ -63,6 +63,8 @@ pub(crate) struct RawServer {
     pub api_key: Option<String>,
     pub tls: Option<RawTls>,
     pub enable_http2: Option<bool>,
+    pub idle_timeout_ms: Option<i64>,
+    pub client_body_timeout_ms: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -227,6 +229,8 @@ const SERVER: Node = Map(&[
     ("api_key", ClientSecret),
     ("tls", TLS),
     ("enable_http2", Bool),
+    ("idle_timeout_ms", Int),
+    ("client_body_timeout_ms", Int),
 ]);
 
 const TLS: Node = Map(&[("cert_file", Str), ("key_file", Str)]);

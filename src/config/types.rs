@@ -70,6 +70,12 @@ pub struct ServerSettings {
     /// `server.enable_http2` (the Go relay's key): HTTP/2 from clients, by ALPN over TLS and
     /// as h2c (prior knowledge) on a plain listener.
     pub enable_http2: bool,
+    /// `server.idle_timeout_ms` (default 60 s, whole seconds): how long a kept-alive client
+    /// connection may wait for its next request (each read of it) before it is closed.
+    pub idle_timeout: Duration,
+    /// `server.client_body_timeout_ms` (default 30 s): the longest a client may pause between
+    /// two reads of its request body before the relay answers 408 and closes.
+    pub client_body_timeout: Duration,
 }
 
 /// `server.tls`: a PEM certificate chain and its private key.

@@ -189,6 +189,13 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
     );
     let auth = auth(raw.auth, raw.api_key, c);
     let tls = raw.tls.and_then(|t| tls(t, c));
+    let idle_timeout = client_timeout(raw.idle_timeout_ms, 60_000, "server.idle_timeout_ms", c);
+    let client_body_timeout = client_timeout(
+        raw.client_body_timeout_ms,
+        30_000,
+        "server.client_body_timeout_ms",
+        c,
+    );
 
     ServerSettings {
         listen,
@@ -205,6 +212,23 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         upgrade_sock,
         tls,
         enable_http2: raw.enable_http2.unwrap_or(false),
+        idle_timeout,
+        client_body_timeout,
+    }
+}
+
+/// A client-side timeout in ms: 1 ms to 24 h.
+fn client_timeout(v: Option<i64>, default: u64, path: &str, c: &mut Ctx) -> Duration {
+    match v {
+        None => Duration::from_millis(default),
+        Some(t) if t <= 0 || t > MAX_TIMEOUT_MS => {
+            c.error(
+                path,
+                format!("must be between 1 and {MAX_TIMEOUT_MS} (ms), got {t}"),
+            );
+            Duration::from_millis(default)
+        }
+        Some(t) => Duration::from_millis(t as u64),
     }
 }
 

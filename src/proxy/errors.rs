@@ -86,6 +86,8 @@ pub enum ApiError {
     PoolDisabled { provider: String },
     #[error("no enabled provider is configured; see the relay's config")]
     NoProvider,
+    #[error("the request body stopped arriving: nothing for {waited_ms} ms")]
+    ClientTimeout { waited_ms: u128 },
     #[error(
         "every provider that could serve this request is failing (circuit open); retry after \
          {retry_after_secs} s"
@@ -124,6 +126,7 @@ impl ApiError {
                 400
             }
             ApiError::BodyTooLarge { .. } => 413,
+            ApiError::ClientTimeout { .. } => 408,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
@@ -144,6 +147,7 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::MalformedBody(_)
+            | ApiError::ClientTimeout { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",

@@ -140,7 +140,8 @@ pub async fn read_and_parse_body(
     ctx: &mut RequestCtx,
     state: &RuntimeState,
 ) -> pingora::Result<Step> {
-    let body = match read_body(session, state.config.server.max_body_bytes).await? {
+    let server = &state.config.server;
+    let body = match read_body(session, server.max_body_bytes, server.client_body_timeout).await? {
         Ok(b) => b,
         Err(e) => return Ok(e.into()),
     };
@@ -361,6 +362,7 @@ pub fn body_for(ctx: &RequestCtx, state: &RuntimeState, provider: &ProviderRunti
 async fn read_body(
     session: &mut Session,
     limit: usize,
+    pause: Duration,
 ) -> pingora::Result<Result<Bytes, ApiError>> {
     let declared = session
         .req_header()
@@ -386,7 +388,15 @@ async fn read_body(
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
     loop {
-        let chunk = match session.read_request_body().await {
+        let read = tokio::time::timeout(pause, session.read_request_body()).await;
+        let Ok(read) = read else {
+            // A client that stops sending its body holds a connection and a buffer: 408, and
+            // the connection closes (the body is unfinished).
+            return Ok(Err(ApiError::ClientTimeout {
+                waited_ms: pause.as_millis(),
+            }));
+        };
+        let chunk = match read {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             // The client's framing is broken: its fault, answered (not a relay error).

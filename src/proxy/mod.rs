@@ -321,6 +321,12 @@ impl ProxyHttp for Relay {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // A kept-alive connection waits `server.idle_timeout_ms` for its next request
+            // (Pingora's HTTP/1.1 default is forever); HTTP/1.0 and `Connection: close` stay
+            // closing.
+            let idle = self.shared.current.load().config.server.idle_timeout;
+            session.set_keepalive(Some(idle.as_secs().max(1)));
         }
         match self.intake(session, ctx).await? {
             Step::Continue => {
