@@ -321,3 +321,73 @@ async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
     });
     assert_eq!(mock.request_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_past_max_header_bytes_gets_431() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(
+        "  max_header_bytes: 32768\n",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    let big = "x".repeat(40_000);
+    let refused = post_messages(&relay, &message_body("m", false), &[("x-padding", &big)]).await;
+    assert_eq!(refused.status(), 431);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error_type(&body), "invalid_request_error", "{body}");
+    let small = "x".repeat(20_000);
+    let ok = post_messages(&relay, &message_body("m", false), &[("x-padding", &small)]).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
+    use std::io::Write;
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(
+        "  max_body_bytes: 600000\n  max_buffered_body_bytes: 1000000\n",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    // One client declares 600 KB and sends a little of it: that share is held.
+    let mut holder = std::net::TcpStream::connect(relay.addr).unwrap();
+    holder
+        .write_all(
+            b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-type: application/json\r\n\
+              content-length: 600000\r\n\r\n{\"model\":",
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = get_json(&relay, "/status").await;
+    assert_eq!(status["buffered_body_bytes"]["held"], 600_000, "{status}");
+    assert_eq!(status["buffered_body_bytes"]["limit"], 1_000_000);
+    // Another 600 KB body does not fit beside it: 503 overloaded_error, Retry-After 1, at once.
+    let mut large = message_body("m", false);
+    large["padding"] = serde_json::Value::String("y".repeat(590_000));
+    let refused = post_messages(&relay, &large, &[]).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error_type(&body), "overloaded_error", "{body}");
+    // A small one does.
+    assert_eq!(
+        post_messages(&relay, &message_body("m", false), &[])
+            .await
+            .status(),
+        200
+    );
+    // The holder goes: its share comes back and the large body is taken.
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = post_messages(&relay, &large, &[]).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

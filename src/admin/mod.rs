@@ -76,6 +76,10 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             "now_ms": now.as_millis() as u64,
             "config_generation": state.generation,
             "routing": {"strategy": state.config.routing.strategy.as_str()},
+            "buffered_body_bytes": {
+                "held": crate::proxy::buffered_body_bytes(),
+                "limit": state.config.server.max_buffered_body_bytes,
+            },
             "reload": {
                 "attempts": shared.reload_attempts.load(Ordering::Relaxed),
                 "last_error": shared.last_reload_error.load().as_deref(),

@@ -65,6 +65,8 @@ pub(crate) struct RawServer {
     pub enable_http2: Option<bool>,
     pub idle_timeout_ms: Option<i64>,
     pub client_body_timeout_ms: Option<i64>,
+    pub max_buffered_body_bytes: Option<i64>,
+    pub max_header_bytes: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -231,6 +233,8 @@ const SERVER: Node = Map(&[
     ("enable_http2", Bool),
     ("idle_timeout_ms", Int),
     ("client_body_timeout_ms", Int),
+    ("max_buffered_body_bytes", Int),
+    ("max_header_bytes", Int),
 ]);
 
 const TLS: Node = Map(&[("cert_file", Str), ("key_file", Str)]);

@@ -76,6 +76,11 @@ pub struct ServerSettings {
     /// `server.client_body_timeout_ms` (default 30 s): the longest a client may pause between
     /// two reads of its request body before the relay answers 408 and closes.
     pub client_body_timeout: Duration,
+    /// `server.max_buffered_body_bytes` (default 256 MiB): what all request bodies buffered at
+    /// once may hold together; above it a request gets 503 `overloaded_error`.
+    pub max_buffered_body_bytes: usize,
+    /// `server.max_header_bytes` (default 64 KiB): a larger request header gets 431.
+    pub max_header_bytes: usize,
 }
 
 /// `server.tls`: a PEM certificate chain and its private key.

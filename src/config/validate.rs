@@ -189,6 +189,32 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
     );
     let auth = auth(raw.auth, raw.api_key, c);
     let tls = raw.tls.and_then(|t| tls(t, c));
+    let max_buffered_body_bytes = match raw.max_buffered_body_bytes {
+        None => (256 << 20).max(max_body_bytes as usize),
+        Some(n) if n < max_body_bytes => {
+            c.error(
+                "server.max_buffered_body_bytes",
+                format!(
+                    "must be at least server.max_body_bytes ({max_body_bytes}), got {n}: a body \
+                     of the largest size allowed must fit"
+                ),
+            );
+            256 << 20
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let max_header_bytes = match raw.max_header_bytes {
+        None => 64 << 10,
+        // Pingora refuses headers past 1 MiB while reading them.
+        Some(n @ 1024..=1_048_575) => n as usize,
+        Some(n) => {
+            c.error(
+                "server.max_header_bytes",
+                format!("must be between 1024 and 1048575, got {n}"),
+            );
+            64 << 10
+        }
+    };
     let idle_timeout = client_timeout(raw.idle_timeout_ms, 60_000, "server.idle_timeout_ms", c);
     let client_body_timeout = client_timeout(
         raw.client_body_timeout_ms,
@@ -214,6 +240,8 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         enable_http2: raw.enable_http2.unwrap_or(false),
         idle_timeout,
         client_body_timeout,
+        max_buffered_body_bytes,
+        max_header_bytes,
     }
 }
 

@@ -79,6 +79,8 @@ pub struct RequestCtx {
     pub credential: RelayCredential,
     /// The body as the client sent it (validated), and what it says.
     pub body: Bytes,
+    /// The body's share of `server.max_buffered_body_bytes`, given back when the request ends.
+    pub body_budget: super::body_budget::BodyBudget,
     pub facts: RequestFacts,
     pub demand: Demand,
     /// The candidate providers, in the order attempts try them (`routing.strategy`).
@@ -123,6 +125,7 @@ impl RequestCtx {
             state: None,
             credential: RelayCredential::NotRequired,
             body: Bytes::new(),
+            body_budget: Default::default(),
             facts: RequestFacts::default(),
             demand: Demand::default(),
             plan: Vec::new(),

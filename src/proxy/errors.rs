@@ -89,6 +89,13 @@ pub enum ApiError {
     #[error("the request body stopped arriving: nothing for {waited_ms} ms")]
     ClientTimeout { waited_ms: u128 },
     #[error(
+        "the relay holds as many request bodies as it may ({limit} bytes together); retry after \
+         1 s"
+    )]
+    BodiesFull { limit: usize },
+    #[error("the request header is larger than the relay's limit of {limit} bytes")]
+    HeaderTooLarge { limit: usize },
+    #[error(
         "every provider that could serve this request is failing (circuit open); retry after \
          {retry_after_secs} s"
     )]
@@ -127,12 +134,14 @@ impl ApiError {
             }
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::ClientTimeout { .. } => 408,
+            ApiError::HeaderTooLarge { .. } => 431,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
             ApiError::Overloaded { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
+            | ApiError::BodiesFull { .. }
             | ApiError::CircuitsOpen { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -148,11 +157,14 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::MalformedBody(_)
             | ApiError::ClientTimeout { .. }
+            | ApiError::HeaderTooLarge { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => "rate_limit_error",
-            ApiError::Overloaded { .. } | ApiError::CircuitsOpen { .. } => "overloaded_error",
+            ApiError::Overloaded { .. }
+            | ApiError::CircuitsOpen { .. }
+            | ApiError::BodiesFull { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
@@ -171,6 +183,8 @@ impl ApiError {
             }
             // The current window and the next: by then the last one no longer counts.
             ApiError::AuthThrottled => Some(Duration::from_secs(2)),
+            // Bodies in flight finish within seconds; the share frees up as they do.
+            ApiError::BodiesFull { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -141,7 +141,12 @@ pub async fn read_and_parse_body(
     state: &RuntimeState,
 ) -> pingora::Result<Step> {
     let server = &state.config.server;
-    let body = match read_body(session, server.max_body_bytes, server.client_body_timeout).await? {
+    let limits = BodyLimits {
+        size: server.max_body_bytes,
+        pause: server.client_body_timeout,
+        all_bodies: server.max_buffered_body_bytes,
+    };
+    let body = match read_body(session, &limits, &mut ctx.body_budget).await? {
         Ok(b) => b,
         Err(e) => return Ok(e.into()),
     };
@@ -357,13 +362,41 @@ pub fn body_for(ctx: &RequestCtx, state: &RuntimeState, provider: &ProviderRunti
     }
 }
 
-/// Read the whole request body, refusing it past `limit` bytes. A body that arrives in one read
+/// A request header larger than `server.max_header_bytes`: 431 before anything else looks at
+/// it (Pingora itself stops reading one at 1 MiB).
+pub fn header_size(session: &Session, state: &RuntimeState) -> Step {
+    let header = session.req_header();
+    let limit = state.config.server.max_header_bytes;
+    // The request line (method, target, version and separators) and each `name: value\r\n`.
+    let mut size = header.method.as_str().len() + header.raw_path().len() + 12;
+    for (name, value) in &header.headers {
+        size += name.as_str().len() + value.len() + 4;
+        if size > limit {
+            return ApiError::HeaderTooLarge { limit }.into();
+        }
+    }
+    Step::Continue
+}
+
+/// What bounds one request body: its size, the pause between two reads, and what all bodies
+/// buffered together may hold.
+struct BodyLimits {
+    size: usize,
+    pause: Duration,
+    all_bodies: usize,
+}
+
+/// Read the whole request body, refusing it past `limits.size` bytes. A body that arrives in one read
 /// is kept as it is, without a copy. Client-side framing errors are the client's 400.
 async fn read_body(
     session: &mut Session,
-    limit: usize,
-    pause: Duration,
+    limits: &BodyLimits,
+    budget: &mut super::body_budget::BodyBudget,
 ) -> pingora::Result<Result<Bytes, ApiError>> {
+    let (limit, pause) = (limits.size, limits.pause);
+    let full = || ApiError::BodiesFull {
+        limit: limits.all_bodies,
+    };
     let declared = session
         .req_header()
         .headers
@@ -372,6 +405,13 @@ async fn read_body(
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Ok(Err(ApiError::BodyTooLarge { limit }));
+    }
+    // A declared length is taken from the budget before a byte is read (refused at once);
+    // without one, each chunk as it arrives.
+    if let Some(n) = declared {
+        if !budget.take(n, limits.all_bodies) {
+            return Ok(Err(full()));
+        }
     }
     // The relay reads the body before anything goes upstream, so it answers the client's
     // `Expect: 100-continue` itself (curl otherwise waits a second before sending), once the
@@ -411,6 +451,9 @@ async fn read_body(
         total += chunk.len();
         if total > limit {
             return Ok(Err(ApiError::BodyTooLarge { limit }));
+        }
+        if declared.is_none() && !budget.take(chunk.len(), limits.all_bodies) {
+            return Ok(Err(full()));
         }
         match (&mut first, &mut rest) {
             (None, _) => first = Some(chunk),

@@ -26,6 +26,7 @@
 
 mod attempt;
 mod auth;
+mod body_budget;
 mod ctx;
 mod errors;
 mod intake;
@@ -45,6 +46,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use auth::{authenticate_client, client_ip};
+pub use body_budget::held as buffered_body_bytes;
 pub use ctx::RequestCtx;
 pub use errors::ApiError;
 pub use local::Endpoint;
@@ -80,6 +82,7 @@ impl Relay {
                 }
             };
         }
+        step!(intake::header_size(session, &state));
         step!(intake::endpoint(session, ctx));
         step!(intake::authenticate(session, ctx, &state, &self.shared));
         step!(intake::local_endpoints(ctx, &state, &self.shared));
