@@ -391,3 +391,83 @@ async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_connections_are_closed_at_the_header_deadline_while_others_are_served() {
+    use std::io::Write;
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(
+        "  client_header_timeout_ms: 1000\n",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    // 200 clients start a header; half of them keep dripping a byte every 200 ms.
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+            s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let ok = post_messages(&relay, &message_body("m", false), &[]).await;
+    assert_eq!(ok.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let status = get_json(&relay, "/status").await;
+    assert!(
+        status["client_connections"]["open"].as_u64().unwrap() >= 200,
+        "{status}"
+    );
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for s in slow.iter_mut().step_by(2) {
+            let _ = s.write_all(b"x");
+        }
+    }
+    tokio::task::block_in_place(|| {
+        for (i, mut s) in slow.into_iter().enumerate() {
+            let (closed, answer) = read_until_closed(&mut s, Duration::from_secs(2));
+            assert!(closed, "connection {i} still open: {answer}");
+        }
+    });
+    let status = get_json(&relay, "/status").await;
+    assert!(
+        status["client_connections"]["open"].as_u64().unwrap() < 10,
+        "{status}"
+    );
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_connections_a_new_connection_is_closed_at_once() {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(
+        "  max_connections: 20\n",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    );
+    let mut held: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(relay.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| {
+        let mut extra = std::net::TcpStream::connect(relay.addr).unwrap();
+        use std::io::Write;
+        let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n");
+        let (closed, answer) = read_until_closed(&mut extra, Duration::from_secs(2));
+        assert!(closed && answer.is_empty(), "{answer}");
+    });
+    // One goes: room for one more.
+    held.pop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let client = reqwest::Client::new();
+        match client.get(relay.url("/health")).send().await {
+            Ok(r) if r.status() == 200 => break,
+            _ => {
+                assert!(std::time::Instant::now() < deadline, "no room came back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(held);
+}

@@ -76,6 +76,10 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             "now_ms": now.as_millis() as u64,
             "config_generation": state.generation,
             "routing": {"strategy": state.config.routing.strategy.as_str()},
+            "client_connections": {
+                "open": crate::lifecycle::open_connections(),
+                "limit": state.config.server.max_connections,
+            },
             "buffered_body_bytes": {
                 "held": crate::proxy::buffered_body_bytes(),
                 "limit": state.config.server.max_buffered_body_bytes,

@@ -67,6 +67,8 @@ pub(crate) struct RawServer {
     pub client_body_timeout_ms: Option<i64>,
     pub max_buffered_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
+    pub client_header_timeout_ms: Option<i64>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -235,6 +237,8 @@ const SERVER: Node = Map(&[
     ("client_body_timeout_ms", Int),
     ("max_buffered_body_bytes", Int),
     ("max_header_bytes", Int),
+    ("client_header_timeout_ms", Int),
+    ("max_connections", Int),
 ]);
 
 const TLS: Node = Map(&[("cert_file", Str), ("key_file", Str)]);

@@ -81,6 +81,12 @@ pub struct ServerSettings {
     pub max_buffered_body_bytes: usize,
     /// `server.max_header_bytes` (default 64 KiB): a larger request header gets 431.
     pub max_header_bytes: usize,
+    /// `server.client_header_timeout_ms` (default 30 s): a request header must be complete
+    /// within it (on a reused connection: the idle timeout plus it), else the connection closes.
+    pub client_header_timeout: Duration,
+    /// `server.max_connections` (default 4096, 0 = no cap): client connections open at once;
+    /// past it a new one is closed at once.
+    pub max_connections: usize,
 }
 
 /// `server.tls`: a PEM certificate chain and its private key.

@@ -242,6 +242,23 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         client_body_timeout,
         max_buffered_body_bytes,
         max_header_bytes,
+        client_header_timeout: client_timeout(
+            raw.client_header_timeout_ms,
+            30_000,
+            "server.client_header_timeout_ms",
+            c,
+        ),
+        max_connections: match raw.max_connections {
+            None => 4096,
+            Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                c.error(
+                    "server.max_connections",
+                    format!("must be >= 0 (0 = no cap), got {n}"),
+                );
+                4096
+            }
+        },
     }
 }
 

@@ -18,6 +18,7 @@
 mod claude_code;
 mod client;
 mod dns;
+mod guard;
 mod health;
 mod logging;
 mod pidfile;
@@ -44,6 +45,7 @@ use crate::proxy::{shared, Relay, RuntimeState};
 
 pub use claude_code::{settings_path as claude_code_settings_path, ClaudeCodeSetup};
 pub use client::{send_reload, send_upgrade};
+pub use guard::open_connections;
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf};
@@ -147,24 +149,23 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Relay::new(state.clone()),
-        "cc-relay",
-    );
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Relay::new(state.clone()));
+    if h2c {
+        // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    let guarded = guard::Guarded {
+        inner: std::sync::Arc::new(app),
+        state: state.clone(),
+    };
+    let mut proxy = pingora::services::listening::Service::new("cc-relay".to_owned(), guarded);
     let mut listener = client_listener(listen);
     if let Some(tls) = client_tls {
         listener = listener.tls(tls);
     }
     proxy.add_listener(listener);
-    if h2c {
-        // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
-    }
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         server.add_service(crate::admin::admin_service(state.clone(), admin_listen));
