@@ -12,17 +12,12 @@ import sys
 import threading
 import time
 
+from proc_memory import rss_kb
+
 port, pid = int(sys.argv[1]), int(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 40
 size = int(sys.argv[4]) if len(sys.argv) > 4 else 32 * 1024 * 1024
 
-
-def rss_kb(field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 statuses = []
@@ -64,14 +59,14 @@ def client():
     s.close()
 
 
-before = rss_kb("VmRSS:")
+before = rss_kb(pid, "VmRSS:")
 threads = [threading.Thread(target=client) for _ in range(n)]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
-peak = rss_kb("VmHWM:")
-after = rss_kb("VmRSS:")
+peak = rss_kb(pid, "VmHWM:")
+after = rss_kb(pid, "VmRSS:")
 summary = {}
 for st in statuses:
     summary[st] = summary.get(st, 0) + 1

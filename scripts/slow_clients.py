@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.request
 
+from proc_memory import rss_kb
+
 port, pid = int(sys.argv[1]), int(sys.argv[2])
 n_header = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 n_body = int(sys.argv[4]) if len(sys.argv) > 4 else 100
@@ -18,13 +20,6 @@ wait = float(sys.argv[5]) if len(sys.argv) > 5 else 8.0
 BODY = json.dumps({"model": "m", "max_tokens": 5,
                    "messages": [{"role": "user", "content": "hi"}]}).encode()
 
-
-def rss_kb(field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 def latency(n=20):
@@ -52,7 +47,7 @@ for _ in range(n_body):
               b"content-length: 1000\r\n\r\n{\"model\":")
     slow.append(s)
 time.sleep(0.5)
-rss_during = rss_kb("VmRSS:")
+rss_during = rss_kb(pid, "VmRSS:")
 during = latency()
 deadline = time.time() + wait
 closed = 0
@@ -70,4 +65,4 @@ for s in slow:
 print(f"{n_header} dripping headers + {n_body} stalled bodies: closed by the relay within "
       f"{wait:.0f} s: {closed}/{len(slow)}; normal requests median/max ms before "
       f"{before[0]:.2f}/{before[1]:.2f}, during {during[0]:.2f}/{during[1]:.2f}; RSS during "
-      f"{rss_during // 1024} MiB, peak {rss_kb('VmHWM:') // 1024} MiB")
+      f"{rss_during // 1024} MiB, peak {rss_kb(pid, 'VmHWM:') // 1024} MiB")

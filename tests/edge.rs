@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use common::*;
 
+/// A relay with `server_extra` in its server block, one key, in front of a fresh mock.
+async fn relay_with(server_extra: &str) -> (MockUpstream, RelayProcess) {
+    let mock = start_mock().await;
+    let relay = RelayProcess::start(server_extra, &pool_config(&mock, &[("k1", "sk-1", "")], ""));
+    (mock, relay)
+}
+
 fn tls_block(cert: &Path, key: &Path, http2: bool) -> String {
     format!(
         "  enable_http2: {http2}\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n",
@@ -286,11 +293,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_idle_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
     use std::io::Write;
-    let mock = start_mock().await;
-    let relay = RelayProcess::start(
-        "  client_body_timeout_ms: 1000\n",
-        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
-    );
+    let (mock, relay) = relay_with("  client_body_timeout_ms: 1000\n").await;
     let slow: Vec<std::net::TcpStream> = (0..20)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
@@ -324,11 +327,7 @@ async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_header_past_max_header_bytes_gets_431() {
-    let mock = start_mock().await;
-    let relay = RelayProcess::start(
-        "  max_header_bytes: 32768\n",
-        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
-    );
+    let (mock, relay) = relay_with("  max_header_bytes: 32768\n").await;
     let big = "x".repeat(40_000);
     let refused = post_messages(&relay, &message_body("m", false), &[("x-padding", &big)]).await;
     assert_eq!(refused.status(), 431);
@@ -343,11 +342,8 @@ async fn a_header_past_max_header_bytes_gets_431() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
     use std::io::Write;
-    let mock = start_mock().await;
-    let relay = RelayProcess::start(
-        "  max_body_bytes: 600000\n  max_buffered_body_bytes: 1000000\n",
-        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
-    );
+    let (_mock, relay) =
+        relay_with("  max_body_bytes: 600000\n  max_buffered_body_bytes: 1000000\n").await;
     // One client declares 600 KB and sends a little of it: that share is held.
     let mut holder = std::net::TcpStream::connect(relay.addr).unwrap();
     holder
@@ -395,11 +391,7 @@ async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_connections_are_closed_at_the_header_deadline_while_others_are_served() {
     use std::io::Write;
-    let mock = start_mock().await;
-    let relay = RelayProcess::start(
-        "  client_header_timeout_ms: 1000\n",
-        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
-    );
+    let (mock, relay) = relay_with("  client_header_timeout_ms: 1000\n").await;
     // 200 clients start a header; half of them keep dripping a byte every 200 ms.
     let mut slow: Vec<std::net::TcpStream> = (0..200)
         .map(|_| {
@@ -440,11 +432,7 @@ async fn slowloris_connections_are_closed_at_the_header_deadline_while_others_ar
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_max_connections_a_new_connection_is_closed_at_once() {
-    let mock = start_mock().await;
-    let relay = RelayProcess::start(
-        "  max_connections: 20\n",
-        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
-    );
+    let (_mock, relay) = relay_with("  max_connections: 20\n").await;
     let mut held: Vec<std::net::TcpStream> = (0..20)
         .map(|_| std::net::TcpStream::connect(relay.addr).unwrap())
         .collect();

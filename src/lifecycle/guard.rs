@@ -153,8 +153,7 @@ impl AsyncRead for HeaderDeadline {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.deadline.is_some() {
-                    let data = buf.filled()[before..].to_vec();
-                    this.watch(&data);
+                    this.watch(&buf.filled()[before..]);
                 }
                 // A client that drips its header keeps this read path busy: check here too.
                 if this.deadline.as_ref().is_some_and(|d| d.is_elapsed()) {

@@ -75,6 +75,19 @@ impl Relay {
     async fn intake(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Step> {
         let state = self.shared.current.load_full();
         ctx.state = Some(state.clone());
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // A kept-alive connection waits `server.idle_timeout_ms` for its next request
+            // (Pingora's HTTP/1.1 default is forever); HTTP/1.0 and `Connection: close` stay
+            // closing.
+            let idle = state.config.server.idle_timeout;
+            session.set_keepalive(Some(idle.as_secs().max(1)));
+        }
         macro_rules! step {
             ($e:expr) => {
                 if let Step::Respond(answer) = $e {
@@ -318,19 +331,6 @@ impl ProxyHttp for Relay {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = new_request_id();
-        if self
-            .shared
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            session.set_keepalive(None);
-        } else if session.get_keepalive().is_some() {
-            // A kept-alive connection waits `server.idle_timeout_ms` for its next request
-            // (Pingora's HTTP/1.1 default is forever); HTTP/1.0 and `Connection: close` stay
-            // closing.
-            let idle = self.shared.current.load().config.server.idle_timeout;
-            session.set_keepalive(Some(idle.as_secs().max(1)));
-        }
         match self.intake(session, ctx).await? {
             Step::Continue => {
                 BodyReplaySession::install(session, ctx.body.clone());

@@ -153,11 +153,7 @@ fn aws_credentials(provider: &ProviderConfig) -> Vec<Option<AwsCredentials>> {
     if !provider.kind.takes_aws_credentials() {
         return Vec::new();
     }
-    let region = provider
-        .options
-        .get("aws_region")
-        .and_then(|v| v.as_str())
-        .map_or("", str::trim);
+    let region = crate::providers::bedrock::region(&provider.options);
     provider
         .keys
         .iter()

@@ -32,8 +32,8 @@ static FIELDS: [(&str, FieldSchema); 3] = [
     ("aws_secret_access_key", FieldSchema::Str),
 ];
 
-/// The region of a provider (checked by `configure`).
-fn region(provider_options: &serde_yaml::Mapping) -> &str {
+/// The region of a bedrock provider, from its own fields (checked by `configure`).
+pub fn region(provider_options: &serde_yaml::Mapping) -> &str {
     provider_options
         .get("aws_region")
         .and_then(|v| v.as_str())
