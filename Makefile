@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 CONFIG ?=
 
-.PHONY: all build run test lint fmt bench load demo deps deps-build deps-test clean
+.PHONY: all build run test lint fmt bench load demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
 
 all: build
 
@@ -59,6 +59,28 @@ run: build
 
 test: deps
 	$(CARGO) test --release --workspace
+
+# Fuzzing (nightly + cargo-fuzz): every target for FUZZ_SECONDS each, from the committed seeds
+# (fuzz/seeds/, read only) and what earlier runs found (target/fuzz-corpus/). A crash stops
+# the run with its input in fuzz/artifacts/. `fuzz-smoke` is CI's 30 s each.
+FUZZ_TARGETS := config_load request_facts sse_usage json_usage rate_limit_headers bedrock_event_stream
+FUZZ_SECONDS ?= 600
+
+deps-fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || { 		echo "installing cargo-fuzz"; $(CARGO) install --locked cargo-fuzz; }
+
+fuzz: deps-build deps-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		( cd fuzz && cargo +nightly fuzz run --sanitizer none --debug-assertions $$t \
+			../target/fuzz-corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1 ) || exit 1; \
+	done
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=30
 
 lint:
 	$(CARGO) fmt --all -- --check

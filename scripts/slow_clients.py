@@ -5,37 +5,20 @@ normal requests' latency before and during, how many slow connections the relay 
 their deadline, and its RSS (VmRSS now, VmHWM peak) from /proc.
 Usage: slow_clients.py RELAY_PORT RELAY_PID [N_HEADER] [N_BODY] [WAIT_S]"""
 
-import json
 import socket
 import sys
 import time
-import urllib.request
 
+from normal_latency import latency
 from proc_memory import rss_kb
 
 port, pid = int(sys.argv[1]), int(sys.argv[2])
 n_header = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 n_body = int(sys.argv[4]) if len(sys.argv) > 4 else 100
 wait = float(sys.argv[5]) if len(sys.argv) > 5 else 8.0
-BODY = json.dumps({"model": "m", "max_tokens": 5,
-                   "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-
-def latency(n=20):
-    times = []
-    for _ in range(n):
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", data=BODY,
-                                     headers={"content-type": "application/json"})
-        t = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return times[len(times) // 2], times[-1]
-
-
-before = latency()
+before = latency(port)
 slow = []
 for _ in range(n_header):
     s = socket.create_connection(("127.0.0.1", port))
@@ -48,7 +31,7 @@ for _ in range(n_body):
     slow.append(s)
 time.sleep(0.5)
 rss_during = rss_kb(pid, "VmRSS:")
-during = latency()
+during = latency(port)
 deadline = time.time() + wait
 closed = 0
 for s in slow:

@@ -7,6 +7,7 @@
 //! server.
 
 pub mod admin;
+pub mod clients;
 pub mod config;
 pub mod lifecycle;
 pub mod pool;

@@ -18,6 +18,15 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Every token reported (input, cache writes and reads, output), as a client's budget
+    /// counts them; added without wrapping.
+    pub fn total(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+            .saturating_add(self.output_tokens)
+    }
+
     /// What the response costs against `max_tokens` worth of output and the key's input
     /// budget: input plus cache writes (cache reads do not count toward input limits), added
     /// without wrapping, and output no more than the request allowed (`max_tokens`, when

@@ -340,6 +340,43 @@ async fn a_header_past_max_header_bytes_gets_431() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_megabyte_header_gets_431_as_it_arrives_finished_or_not() {
+    use std::io::{Read, Write};
+    let (mock, relay) = relay_with("").await;
+    // Finished, 1 MB and 2 MB (past Pingora's own 1 MiB buffer, which closed without a word).
+    for size in [1_000_000, 2_000_000] {
+        let big = "x".repeat(size);
+        let refused =
+            post_messages(&relay, &message_body("m", false), &[("x-padding", &big)]).await;
+        assert_eq!(refused.status(), 431, "{size} bytes");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(error_type(&body), "invalid_request_error", "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 65536 bytes"));
+    }
+    // Unfinished: 1 MB of header and no end to it. The answer comes while the client is still
+    // connected, before the header deadline.
+    let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut head = b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\nx-padding: ".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 1_000_000));
+    s.write_all(&head).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(answer.contains("\"invalid_request_error\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Nothing reached the upstream, and the relay serves the next client.
+    assert_eq!(mock.request_count(), 0);
+    let ok = post_messages(&relay, &message_body("m", false), &[]).await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
     use std::io::Write;
     let (_mock, relay) =

@@ -33,7 +33,10 @@ pub const TARGET: &str = "cc_relay::access";
 /// What one access log line says.
 pub struct AccessEntry<'a> {
     pub request_id: &'a str,
+    /// The client's address.
     pub client: Option<String>,
+    /// The client's name (`clients[].name`; `-` for `server.auth`'s key or an open relay).
+    pub client_name: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -142,6 +145,8 @@ fn json_line(e: &AccessEntry<'_>) -> Vec<u8> {
         Some(c) => string(&mut out, c),
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"client_name\":");
+    string(&mut out, e.client_name);
     out.extend_from_slice(b",\"method\":");
     string(&mut out, e.method);
     out.extend_from_slice(b",\"path\":");
@@ -180,12 +185,13 @@ fn json_line(e: &AccessEntry<'_>) -> Vec<u8> {
 fn text_line(e: &AccessEntry<'_>) -> Vec<u8> {
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
     format!(
-        "[{}] access request_id={} client={} method={} path={:?} status={} provider={} key={} \
+        "[{}] access request_id={} client={} client_name={} method={} path={:?} status={} provider={} key={} \
          attempts={} model={} in={} out={} cache_read={} cache_creation={} ttfb_ms={} \
          total_ms={} bytes={}",
         humantime::format_rfc3339_millis(SystemTime::now()),
         e.request_id,
         e.client.as_deref().unwrap_or("-"),
+        e.client_name,
         e.method,
         e.path,
         e.status,

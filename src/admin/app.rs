@@ -37,8 +37,7 @@ impl AdminApp {
             "/health" => Ok(super::health_body(&state)),
             "/status" => {
                 let ip = client_ip(session.client_addr());
-                let auth = &state.config.server.auth;
-                authenticate_client(&self.shared.auth_throttle, auth, req, ip)?;
+                authenticate_client(&self.shared.auth_throttle, &state, req, ip)?;
                 Ok(super::status_body(&state, &self.shared))
             }
             _ => Err(ApiError::NotFound {

@@ -21,6 +21,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::clients::budget::Period;
 use crate::proxy::Shared;
 
 /// Latency buckets (seconds): 1 ms to 10 min, for requests that stream for minutes.
@@ -81,6 +82,56 @@ pub struct EventMetrics {
     upstream_connections: IntCounterVec,
     in_flight: IntGauge,
     access_log_dropped: IntCounter,
+    client_requests: IntCounterVec,
+    client_tokens: IntCounterVec,
+    client_refusals: IntCounterVec,
+}
+
+/// The index of `status`'s class (1xx..5xx) in the handles' arrays.
+fn status_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5)) - 1
+}
+
+/// Add `usage` to the counters of its four kinds (input, output, cache_read, cache_creation).
+fn count_tokens(counters: &[IntCounter; 4], usage: &crate::usage::Usage) {
+    let [input, output, cache_read, cache_creation] = counters;
+    input.inc_by(usage.input_tokens);
+    output.inc_by(usage.output_tokens);
+    cache_read.inc_by(usage.cache_read_input_tokens);
+    cache_creation.inc_by(usage.cache_creation_input_tokens);
+}
+
+/// The label handles of one client (`clients[].name`), resolved once.
+pub struct ClientHandles {
+    /// By status class (1xx..5xx).
+    requests: [IntCounter; 5],
+    /// input, output, cache_read, cache_creation.
+    tokens: [IntCounter; 4],
+}
+
+impl ClientHandles {
+    pub fn request(&self, status: u16) {
+        self.requests[status_class(status)].inc();
+    }
+
+    pub fn tokens(&self, usage: &crate::usage::Usage) {
+        count_tokens(&self.tokens, usage);
+    }
+}
+
+/// A lazily resolved [`ClientHandles`].
+#[derive(Default)]
+pub struct ClientHandleCell(OnceCell<ClientHandles>);
+
+impl ClientHandleCell {
+    pub fn get(&self, client: &str) -> &ClientHandles {
+        self.0.get_or_init(|| ClientHandles {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| METRICS.client_requests.with_label_values(&[client, class])),
+            tokens: ["input", "output", "cache_read", "cache_creation"]
+                .map(|kind| METRICS.client_tokens.with_label_values(&[client, kind])),
+        })
+    }
 }
 
 /// The label handles of one (provider, key) pair, resolved once.
@@ -200,6 +251,23 @@ impl EventMetrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("registered once");
+        let client_requests = counter(
+            "cc_relay_client_requests_total",
+            "Requests of a client (clients[].name) answered, by status class.",
+            &["client", "status_class"],
+        );
+        let client_tokens = counter(
+            "cc_relay_client_tokens_total",
+            "Tokens the upstream reported for a client's requests, by kind.",
+            &["client", "kind"],
+        );
+        let client_refusals = counter(
+            "cc_relay_client_refusals_total",
+            "A client's requests refused by its own limits, budgets or allow-lists, by the \
+             limit (rpm_limit, itpm_limit, otpm_limit, max_concurrent, daily_token_budget, \
+             monthly_token_budget, models, providers).",
+            &["client", "limit"],
+        );
         let build = IntGaugeVec::new(
             Opts::new("cc_relay_build_info", "The running build (value 1)."),
             &["version"],
@@ -219,7 +287,17 @@ impl EventMetrics {
             upstream_connections,
             in_flight,
             access_log_dropped,
+            client_requests,
+            client_tokens,
+            client_refusals,
         }
+    }
+
+    /// A client's request refused by its own `limit` (a config field name).
+    pub fn client_refusal(&self, client: &str, limit: &str) {
+        self.client_refusals
+            .with_label_values(&[client, limit])
+            .inc();
     }
 
     /// The handles of `key` (an id, or `-` for passthrough) of `provider`.
@@ -268,6 +346,9 @@ impl EventMetrics {
     pub fn render(&self, shared: &Shared) -> Vec<u8> {
         let mut families = self.registry.gather();
         families.extend(StateCollector { shared }.gather());
+        // A gauge with no series this scrape (no client has a budget, no provider has keys)
+        // is left out: the encoder refuses an empty family.
+        families.retain(|f| !f.get_metric().is_empty());
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)
@@ -278,17 +359,13 @@ impl EventMetrics {
 
 impl KeyHandles {
     pub fn request(&self, outcome: Outcome, status: u16) {
-        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        let class = status_class(status);
         let row = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.requests[row][class].inc();
     }
 
     pub fn tokens(&self, usage: &crate::usage::Usage) {
-        let [input, output, cache_read, cache_creation] = &self.tokens;
-        input.inc_by(usage.input_tokens);
-        output.inc_by(usage.output_tokens);
-        cache_read.inc_by(usage.cache_read_input_tokens);
-        cache_creation.inc_by(usage.cache_creation_input_tokens);
+        count_tokens(&self.tokens, usage);
     }
 
     pub fn latency(&self, total: Duration, first_byte: Option<Duration>) {
@@ -428,9 +505,45 @@ impl StateCollector<'_> {
                 }
             }
         }
+        let client_in_flight = gauge(
+            "cc_relay_client_in_flight",
+            "A client's requests in flight.",
+            &["client"],
+        );
+        let budget_used = gauge(
+            "cc_relay_client_budget_used_tokens",
+            "Tokens a client used in the current UTC day or month (clients with a budget).",
+            &["client", "period"],
+        );
+        let budget_limit = gauge(
+            "cc_relay_client_budget_tokens",
+            "A client's token budget per UTC day or month (0 = none).",
+            &["client", "period"],
+        );
+        let calendar = crate::clients::budget::Calendar::now();
+        for c in state.clients.iter() {
+            let name = c.name();
+            client_in_flight
+                .with_label_values(&[name])
+                .set(i64::from(c.quota.in_flight()));
+            let Some(budget) = &c.budget else { continue };
+            for (period, limit) in [
+                (Period::Day, c.config.daily_token_budget),
+                (Period::Month, c.config.monthly_token_budget),
+            ] {
+                let label = [name, period.as_str()];
+                budget_limit.with_label_values(&label).set(limit as i64);
+                budget_used
+                    .with_label_values(&label)
+                    .set(budget.used(period, &calendar) as i64);
+            }
+        }
         let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
         METRICS.in_flight.set(in_flight as i64);
-        let collectors: [&dyn Collector; 8] = [
+        let collectors: [&dyn Collector; 11] = [
+            &client_in_flight,
+            &budget_used,
+            &budget_limit,
             &limit,
             &remaining,
             &full_in,

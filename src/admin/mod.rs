@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 pub use app::{admin_service, metrics_service, route_path, AdminApp, MetricsApp};
 
+use crate::clients::budget::Period;
 use crate::pool::{DimensionSnapshot, KeySnapshot};
 use crate::proxy::{ProviderRuntime, RuntimeState, Shared};
 
@@ -30,6 +31,44 @@ pub fn health_body(state: &RuntimeState) -> Bytes {
 
 /// `GET /status`: every provider's keys by id with their live budgets, and how the last
 /// reload went. Never a secret.
+/// Each client's limits and what is left of them, its requests in flight and its budgets.
+fn clients_status(state: &RuntimeState) -> Vec<serde_json::Value> {
+    let calendar = crate::clients::budget::Calendar::now();
+    let now = crate::pool::clock_ns(std::time::Instant::now());
+    let unix = activity::unix_now().as_secs();
+    state
+        .clients
+        .iter()
+        .map(|c| {
+            let level = |(limit, remaining): (u64, u64)| {
+                serde_json::json!({"limit": limit, "remaining": (limit > 0).then_some(remaining)})
+            };
+            let [requests, input, output] = c.quota.levels(now);
+            let budget = |period: Period, limit: u64| {
+                let budget = c.budget.as_ref().filter(|_| limit > 0)?;
+                let (_, resets_at) = calendar.reset(period, unix);
+                Some(serde_json::json!({
+                    "limit": limit,
+                    "used": budget.used(period, &calendar),
+                    "resets_at": resets_at,
+                }))
+            };
+            serde_json::json!({
+                "name": c.name(),
+                "in_flight": c.quota.in_flight(),
+                "max_concurrent": c.config.max_concurrent,
+                "requests": level(requests),
+                "input_tokens": level(input),
+                "output_tokens": level(output),
+                "daily_budget": budget(Period::Day, c.config.daily_token_budget),
+                "monthly_budget": budget(Period::Month, c.config.monthly_token_budget),
+                "models": c.config.models,
+                "providers": c.config.providers,
+            })
+        })
+        .collect()
+}
+
 pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
     let providers: Vec<_> = state
         .providers
@@ -89,6 +128,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "last_error": shared.last_reload_error.load().as_deref(),
             },
             "providers": providers,
+            "clients": clients_status(state),
             "activity": {
                 "slot_seconds": activity::SLOT_SECS,
                 "slots": shared.activity.slots(now.as_secs()),

@@ -6,7 +6,7 @@ use std::fmt;
 use std::fmt::Display;
 
 use super::startup::STARTUP_SETTINGS;
-use super::types::{Config, KeyConfig, ProviderConfig};
+use super::types::{ClientConfig, Config, KeyConfig, ProviderConfig};
 use super::validate::key_fingerprint;
 
 /// The differences between two configurations, by field name and key id; never a secret.
@@ -60,7 +60,27 @@ pub fn summarize_changes(old: &Config, new: &Config) -> ChangeSummary {
     providers(&old.providers, &new.providers, &mut s);
     routing(old, new, &mut s);
     logging(old, new, &mut s);
+    clients(&old.clients, &new.clients, &mut s);
     s
+}
+
+/// Clients added (+), removed (-) and changed (~), by name (a changed key shows as a change,
+/// not which key).
+fn clients(old: &[ClientConfig], new: &[ClientConfig], s: &mut ChangeSummary) {
+    let mut list = Vec::new();
+    for n in new {
+        match old.iter().find(|o| o.name == n.name) {
+            None => list.push(format!("+{}", n.name)),
+            Some(o) if o != n => list.push(format!("~{}", n.name)),
+            Some(_) => {}
+        }
+    }
+    for o in old.iter().filter(|o| !new.iter().any(|n| n.name == o.name)) {
+        list.push(format!("-{}", o.name));
+    }
+    if !list.is_empty() {
+        s.parts.push(format!("clients {}", list.join(" ")));
+    }
 }
 
 fn server(old: &Config, new: &Config, s: &mut ChangeSummary) {

@@ -7,6 +7,7 @@
 //! [`Config`], reporting every problem at once. Errors and warnings name field paths and never
 //! contain a secret.
 
+mod clients;
 mod diff;
 mod error;
 mod expand;

@@ -34,6 +34,23 @@ pub(crate) struct RawConfig {
     pub health: RawHealth,
     pub metrics: RawMetrics,
     pub logging: RawLogging,
+    pub clients: Vec<RawClient>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawClient {
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub key_sha256: Option<String>,
+    pub models: Vec<String>,
+    pub providers: Vec<String>,
+    pub rpm_limit: Option<i64>,
+    pub itpm_limit: Option<i64>,
+    pub otpm_limit: Option<i64>,
+    pub max_concurrent: Option<i64>,
+    pub daily_token_budget: Option<i64>,
+    pub monthly_token_budget: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -69,6 +86,7 @@ pub(crate) struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub client_header_timeout_ms: Option<i64>,
     pub max_connections: Option<i64>,
+    pub state_file: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -215,6 +233,22 @@ pub(crate) static TOP: Node = Map(&[
     ("cache", GoIgnored),
     ("grpc", GoIgnored),
     ("metrics", METRICS),
+    ("clients", List(&CLIENT)),
+]);
+
+/// `clients[]`: who may use the relay, with their own key, allow-lists, quotas and budgets.
+static CLIENT: Node = Map(&[
+    ("name", Str),
+    ("key", ClientSecret),
+    ("key_sha256", Str),
+    ("models", StrList),
+    ("providers", StrList),
+    ("rpm_limit", Int),
+    ("itpm_limit", Int),
+    ("otpm_limit", Int),
+    ("max_concurrent", Int),
+    ("daily_token_budget", Int),
+    ("monthly_token_budget", Int),
 ]);
 
 const SERVER: Node = Map(&[
@@ -239,6 +273,7 @@ const SERVER: Node = Map(&[
     ("max_header_bytes", Int),
     ("client_header_timeout_ms", Int),
     ("max_connections", Int),
+    ("state_file", Str),
 ]);
 
 const TLS: Node = Map(&[("cert_file", Str), ("key_file", Str)]);

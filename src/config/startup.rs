@@ -63,6 +63,11 @@ pub const STARTUP_SETTINGS: &[StartupSetting] = &[
         pin: |new, running| new.server.pid_file = running.server.pid_file.clone(),
     },
     StartupSetting {
+        field: "server.state_file",
+        show: |c| c.server.state_file.display().to_string(),
+        pin: |new, running| new.server.state_file = running.server.state_file.clone(),
+    },
+    StartupSetting {
         field: "server.upgrade_sock",
         show: |c| c.server.upgrade_sock.display().to_string(),
         pin: |new, running| new.server.upgrade_sock = running.server.upgrade_sock.clone(),

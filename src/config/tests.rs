@@ -843,7 +843,7 @@ fn unknown_key_is_an_error_with_its_path() {
     assert!(
         e.starts_with(
             "colour: unknown field (expected one of: server, providers, routing, logging, health, \
-             metrics)"
+             metrics, clients)"
         ),
         "{e}"
     );
@@ -1691,4 +1691,62 @@ fn long_model_lists_keep_order_and_drop_duplicates() {
     assert_eq!(got.len(), 50_000);
     assert_eq!(got[0], "m0");
     assert_eq!(got[49_999], "m49999");
+}
+
+// ---------------------------------------------------------------------------------------------
+// clients
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clients_load_with_a_key_or_its_digest_and_their_limits() {
+    let c = load(&format!(
+        "{ONE}clients:\n  - name: alice\n    key: ka\n    models: [claude-sonnet-*]\n    \
+         providers: [anthropic]\n    rpm_limit: 10\n    daily_token_budget: 5000\n  \
+         - name: bob\n    key_sha256: \
+         BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD\n"
+    ));
+    assert_eq!(c.clients.len(), 2);
+    let (alice, bob) = (&c.clients[0], &c.clients[1]);
+    assert_eq!(alice.key_sha256, KeyDigest::of(b"ka"));
+    assert_eq!(alice.rpm_limit, 10);
+    assert!(alice.has_budget() && !bob.has_budget());
+    assert!(alice.allows_model(Some("claude-sonnet-4-5")));
+    assert!(!alice.allows_model(Some("claude-opus-4-1")));
+    assert!(!alice.allows_model(None));
+    assert!(bob.allows_model(None));
+    assert_eq!(bob.key_sha256, KeyDigest::of(b"abc"));
+    // The digest is not shown by Debug.
+    assert!(!format!("{c:?}").contains("ba7816"));
+}
+
+#[test]
+fn client_mistakes_are_named_by_position_never_by_key() {
+    let errs = errors(&format!(
+        "{ONE}server:\n  auth:\n    api_key: shared\nclients:\n  - name: alice\n    key: ka\n  \
+         - name: alice\n    key: ka\n  - name: bad name\n    key: kc\n  - name: both\n    \
+         key: kd\n    key_sha256: 00\n  - name: none\n  - name: hex\n    key_sha256: xyz\n  \
+         - name: shorthand\n    key: shared\n  - name: where\n    key: kw\n    \
+         providers: [nowhere]\n  - name: star\n    key: ks\n    models: ['cl*ude']\n"
+    ));
+    let expected = [
+        "clients[1].name: alice is also the name of clients[0]",
+        "clients[1].key: is the same key as clients[0]'s",
+        "clients[2].name: must be 1 to 64 letters",
+        "clients[3].key_sha256: give either key or key_sha256",
+        "clients[4].key: is required",
+        "clients[5].key_sha256: must be 64 hexadecimal digits",
+        "clients[6].key: is the same key as server.auth's",
+        "clients[7].providers[0]: names no configured provider: nowhere",
+        "clients[8].models[0]: a * may only end a model pattern",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "{e} not in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    for secret in ["ka", "kd", "shared"] {
+        assert!(!errs.iter().any(|e| e.contains(&format!(" {secret} "))));
+    }
 }

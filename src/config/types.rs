@@ -22,6 +22,67 @@ pub struct Config {
     pub health: HealthConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
+    /// `clients`: the relay's clients, each with its own key (empty: `server.auth` alone).
+    pub clients: Vec<ClientConfig>,
+}
+
+/// One of `clients`: who it is, how it authenticates, what it may use and how much.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// `name`: shown in the access log, metrics and its own 429s (never its key).
+    pub name: String,
+    /// SHA-256 of its key (`key`, hashed at load, or `key_sha256` as given).
+    pub key_sha256: KeyDigest,
+    /// `models`: the models it may ask for (a trailing `*` matches a prefix); empty = any.
+    pub models: Vec<String>,
+    /// `providers`: the providers its requests may go to; empty = any.
+    pub providers: Vec<String>,
+    /// Its own limits per minute (0 = none): requests, input tokens, output tokens.
+    pub rpm_limit: u64,
+    pub itpm_limit: u64,
+    pub otpm_limit: u64,
+    /// Its requests in flight at most (0 = no cap).
+    pub max_concurrent: u32,
+    /// Tokens (input, cache writes and reads, output) per UTC day and per UTC month (0 = none).
+    pub daily_token_budget: u64,
+    pub monthly_token_budget: u64,
+}
+
+impl ClientConfig {
+    /// Whether the client has a token budget (its usage is then persisted).
+    pub fn has_budget(&self) -> bool {
+        self.daily_token_budget > 0 || self.monthly_token_budget > 0
+    }
+
+    /// Whether the client may ask for `model` (`None`: the request names none).
+    pub fn allows_model(&self, model: Option<&str>) -> bool {
+        if self.models.is_empty() {
+            return true;
+        }
+        let Some(model) = model else { return false };
+        self.models.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => m == model,
+        })
+    }
+}
+
+/// The SHA-256 of a client key: what the config keeps and what a presented key is looked up
+/// by. Its `Debug` does not show it (a digest of a weak key can be brute-forced).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    pub fn of(secret: &[u8]) -> KeyDigest {
+        use sha2::Digest;
+        KeyDigest(sha2::Sha256::digest(secret).into())
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(***)")
+    }
 }
 
 /// `metrics.*` (the Go cc-relay's keys).
@@ -87,6 +148,10 @@ pub struct ServerSettings {
     /// `server.max_connections` (default 4096, 0 = no cap): client connections open at once;
     /// past it a new one is closed at once.
     pub max_connections: usize,
+    /// `server.state_file` (default `$XDG_STATE_HOME/cc-relay/state.json`, else
+    /// `~/.local/state/cc-relay/state.json`): where the clients' token budgets are kept across
+    /// restarts; used only when a client has a budget.
+    pub state_file: PathBuf,
 }
 
 /// `server.tls`: a PEM certificate chain and its private key.

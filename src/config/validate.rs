@@ -51,13 +51,13 @@ pub(crate) fn fingerprint_id(fingerprint: u64) -> String {
     format!("key-{:08x}", fingerprint >> 32)
 }
 
-struct Ctx<'w> {
+pub(super) struct Ctx<'w> {
     errors: Vec<ConfigError>,
     warnings: &'w mut Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError::invalid(path, message));
     }
     fn warn(&mut self, message: String) {
@@ -79,6 +79,7 @@ pub(crate) fn validate(
     let health = health(raw.health, &mut c);
     let metrics = metrics(raw.metrics, &mut c);
     let logging = logging(raw.logging, &mut c);
+    let clients = super::clients::clients(raw.clients, &providers, &server.auth, &mut c);
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -87,6 +88,7 @@ pub(crate) fn validate(
             health,
             metrics,
             logging,
+            clients,
         })
     } else {
         Err(c.errors)
@@ -188,6 +190,14 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         c,
     );
     let auth = auth(raw.auth, raw.api_key, c);
+    let state_file = match raw.state_file.as_deref().map(str::trim) {
+        Some("") => {
+            c.error("server.state_file", "must not be empty (or leave it out)");
+            default_state_file()
+        }
+        Some(p) => PathBuf::from(p),
+        None => default_state_file(),
+    };
     let tls = raw.tls.and_then(|t| tls(t, c));
     let max_buffered_body_bytes = match raw.max_buffered_body_bytes {
         None => (256 << 20).max(max_body_bytes as usize),
@@ -259,6 +269,20 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
                 4096
             }
         },
+        state_file,
+    }
+}
+
+/// `$XDG_STATE_HOME/cc-relay/state.json`, else `~/.local/state/cc-relay/state.json`, else (no
+/// home) `./cc-relay-state.json`.
+fn default_state_file() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let base = var("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match base {
+        Some(dir) => dir.join("cc-relay").join("state.json"),
+        None => PathBuf::from("cc-relay-state.json"),
     }
 }
 
@@ -325,7 +349,7 @@ fn header_safe(secret: &str) -> bool {
     secret.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {
+pub(super) fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {
     match v {
         None => default,
         Some(n) if n < 0 => {
@@ -422,7 +446,7 @@ fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig
 /// has already refused a `${VAR}` set to the empty string). A credential no client could send
 /// in a header (a line break, a space, a control or non-ASCII character) would lock every
 /// client out: refused, without showing it.
-fn client_secret(v: Option<String>, path: &str, c: &mut Ctx) -> Option<Secret> {
+pub(super) fn client_secret(v: Option<String>, path: &str, c: &mut Ctx) -> Option<Secret> {
     let s = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())?;
     if !header_safe(&s) {
         c.error(
@@ -639,7 +663,7 @@ pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
 
 /// Trimmed, duplicates dropped (first one kept, order kept) in linear time: a list of 100,000
 /// models must not take a quadratic scan.
-fn string_list(raw: Vec<String>, path: &str, c: &mut Ctx) -> Vec<String> {
+pub(super) fn string_list(raw: Vec<String>, path: &str, c: &mut Ctx) -> Vec<String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (i, s) in raw.into_iter().enumerate() {

@@ -7,7 +7,12 @@
 //! - gives each request header a deadline (`server.client_header_timeout_ms`; on a reused
 //!   connection the idle timeout comes on top): a connection whose header is not complete by
 //!   then is closed. The stream is watched until the header's blank line (`\r\n\r\n`, which the
-//!   HTTP/2 preface also ends with), then passed through untouched.
+//!   HTTP/2 preface also ends with), then passed through untouched;
+//! - caps the bytes of a request header as they are read (`server.max_header_bytes`): Pingora
+//!   buffers up to 1 MiB of an unfinished header per connection, so 300 clients sending 1 MB
+//!   headers held 300 MB before anything looked at them. Past the cap the guard stops handing
+//!   the bytes to Pingora, answers 431 itself, and closes after a short lingering drain (so the
+//!   client, still sending, reads the answer instead of a reset).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,13 +62,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, header_timeout, idle) = {
+        let (max, header_timeout, idle, max_header) = {
             let state = self.state.current.load();
             let server = &state.config.server;
             (
                 server.max_connections,
                 server.client_header_timeout,
                 server.idle_timeout,
+                server.max_header_bytes,
             )
         };
         let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
@@ -73,8 +79,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return None;
         }
         let rearm = Arc::new(AtomicU64::new(0));
-        let mut stream: Stream =
-            Box::new(HeaderDeadline::new(stream, header_timeout, rearm.clone()));
+        let mut stream: Stream = Box::new(HeaderDeadline::new(
+            stream,
+            header_timeout,
+            max_header,
+            rearm.clone(),
+        ));
         // This connection's requests, one after another, as Pingora's listener would loop; the
         // next header has the idle time and the header time.
         loop {
@@ -89,7 +99,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
-/// A client stream whose next request header must be complete before a deadline.
+/// How long a connection refused for its header size keeps reading (and dropping) what the
+/// client still sends, and how much of it, before it closes: closing with unread data would
+/// reset the connection and the client could lose the 431 before reading it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 2 << 20;
+
+/// A client stream whose next request header must be complete before a deadline, and no
+/// larger than a cap.
 #[derive(Debug)]
 pub struct HeaderDeadline {
     inner: Stream,
@@ -97,16 +114,61 @@ pub struct HeaderDeadline {
     deadline: Option<Pin<Box<Sleep>>>,
     /// How many bytes of `\r\n\r\n` the data read so far ends with.
     matched: u8,
+    /// Bytes of the header being read so far, and the most it may have.
+    header_bytes: usize,
+    max_header_bytes: usize,
+    /// Set once the header passed its cap: the guard's own answer, being sent.
+    refusal: Option<Refusal>,
     /// Set (ms) by the guard when the connection is reused: arm again at the next read.
     rearm: Arc<AtomicU64>,
 }
 
+/// The 431 the guard sends itself, how much of it went out, then the lingering drain.
+#[derive(Debug)]
+struct Refusal {
+    response: Vec<u8>,
+    written: usize,
+    flushed: bool,
+    closed_write: bool,
+    drained: usize,
+    linger: Pin<Box<Sleep>>,
+}
+
+impl Refusal {
+    fn new(limit: usize) -> Refusal {
+        let body = crate::proxy::ApiError::HeaderTooLarge { limit }.body();
+        let mut response = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        Refusal {
+            response,
+            written: 0,
+            flushed: false,
+            closed_write: false,
+            drained: 0,
+            linger: Box::pin(tokio::time::sleep(LINGER)),
+        }
+    }
+}
+
 impl HeaderDeadline {
-    fn new(inner: Stream, within: Duration, rearm: Arc<AtomicU64>) -> HeaderDeadline {
+    fn new(
+        inner: Stream,
+        within: Duration,
+        max_header_bytes: usize,
+        rearm: Arc<AtomicU64>,
+    ) -> HeaderDeadline {
         let mut guarded = HeaderDeadline {
             inner,
             deadline: None,
             matched: 0,
+            header_bytes: 0,
+            max_header_bytes,
+            refusal: None,
             rearm,
         };
         guarded.arm(within);
@@ -116,12 +178,14 @@ impl HeaderDeadline {
     fn arm(&mut self, within: Duration) {
         self.deadline = Some(Box::pin(tokio::time::sleep_until(Instant::now() + within)));
         self.matched = 0;
+        self.header_bytes = 0;
     }
 
-    /// Follow `data` for the header's end; disarm there.
-    fn watch(&mut self, data: &[u8]) {
+    /// Follow `data` for the header's end (disarm there) and count the header's bytes in it;
+    /// whether the header is still within its cap.
+    fn watch(&mut self, data: &[u8]) -> bool {
         const END: &[u8; 4] = b"\r\n\r\n";
-        for &b in data {
+        for (i, &b) in data.iter().enumerate() {
             self.matched = if b == END[self.matched as usize] {
                 self.matched + 1
             } else if b == b'\r' {
@@ -132,9 +196,55 @@ impl HeaderDeadline {
             if self.matched == 4 {
                 self.deadline = None;
                 self.matched = 0;
-                return;
+                self.header_bytes += i + 1;
+                return self.header_bytes <= self.max_header_bytes;
             }
         }
+        self.header_bytes += data.len();
+        self.header_bytes <= self.max_header_bytes
+    }
+
+    /// Send the 431, close the writing side, drain what the client still sends for a while,
+    /// then end the connection with an error (Pingora then drops it).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(r) = self.refusal.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let inner = &mut self.inner;
+        while r.written < r.response.len() {
+            match Pin::new(&mut *inner).poll_write(cx, &r.response[r.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(too_large())),
+                Poll::Ready(Ok(n)) => r.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !r.flushed {
+            std::task::ready!(Pin::new(&mut *inner).poll_flush(cx))?;
+            r.flushed = true;
+        }
+        if !r.closed_write {
+            // A failed shutdown only means the client is gone already.
+            let _ = std::task::ready!(Pin::new(&mut *inner).poll_shutdown(cx));
+            r.closed_write = true;
+        }
+        let mut scratch = [0u8; 8192];
+        while r.drained < LINGER_BYTES {
+            let mut dropped = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *inner).poll_read(cx, &mut dropped) {
+                Poll::Ready(Ok(())) if !dropped.filled().is_empty() => {
+                    r.drained += dropped.filled().len();
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    if r.linger.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Err(too_large()))
     }
 }
 
@@ -145,6 +255,9 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.refusal.is_some() {
+            return this.poll_refusal(cx);
+        }
         let rearm = this.rearm.swap(0, Ordering::Relaxed);
         if rearm > 0 {
             this.arm(Duration::from_millis(rearm));
@@ -152,8 +265,15 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if this.deadline.is_some() {
-                    this.watch(&buf.filled()[before..]);
+                if this.deadline.is_some() && !this.watch(&buf.filled()[before..]) {
+                    // Pingora never sees this read: the guard answers 431 itself.
+                    buf.set_filled(before);
+                    log::debug!(
+                        "client request header past {} bytes (server.max_header_bytes): 431",
+                        this.max_header_bytes
+                    );
+                    this.refusal = Some(Refusal::new(this.max_header_bytes));
+                    return this.poll_refusal(cx);
                 }
                 // A client that drips its header keeps this read path busy: check here too.
                 if this.deadline.as_ref().is_some_and(|d| d.is_elapsed()) {
@@ -175,6 +295,13 @@ impl AsyncRead for HeaderDeadline {
             other => other,
         }
     }
+}
+
+fn too_large() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "the request header is larger than server.max_header_bytes (answered 431)",
+    )
 }
 
 fn late() -> std::io::Error {

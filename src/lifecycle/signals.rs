@@ -39,6 +39,7 @@ pub(super) fn exit_on_interrupt(pid_file: PathBuf) {
                 log::info!("SIGINT: exiting now");
                 remove_pid_file_if_ours(&pid_file);
                 crate::admin::access_log::flush();
+                crate::clients::store::flush();
                 std::process::exit(0);
             }
             Err(e) => log::warn!("SIGINT is left to Pingora: {e}"),

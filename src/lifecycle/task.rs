@@ -164,6 +164,7 @@ impl LifecycleTask {
         log::info!("drained: no request in flight, exiting");
         remove_pid_file_if_ours(&self.pid_file);
         crate::admin::access_log::flush();
+        crate::clients::store::flush();
         std::process::exit(0);
     }
 }

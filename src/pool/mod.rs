@@ -26,6 +26,10 @@ mod tests;
 
 use std::time::Duration;
 
+// The GCRA bucket, its clock and the output estimate serve the clients' own quotas too.
+pub(crate) use bucket::{Bucket, Charge};
+pub(crate) use clock::ns as clock_ns;
+pub(crate) use estimate::OutputEstimate;
 pub use headers::{parse_retry_after, LimitHeaders, RateLimitHeaders};
 pub use key::{DimensionSnapshot, KeySnapshot, KeyState};
 pub use reservation::Reservation;

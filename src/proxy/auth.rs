@@ -8,6 +8,8 @@ use pingora_limits::rate::Rate;
 use subtle::ConstantTimeEq;
 
 use super::errors::ApiError;
+use super::state::RuntimeState;
+use crate::clients::Clients;
 use crate::config::AuthConfig;
 
 /// Where the client put the relay's credential, so that header is removed before the request
@@ -35,25 +37,64 @@ fn same_secret(given: &[u8], expected: &str) -> bool {
     given.ct_eq(expected.as_bytes()).into()
 }
 
-/// Check the client's credential against `server.auth`.
-pub fn authenticate(auth: &AuthConfig, req: &RequestHeader) -> Result<RelayCredential, ApiError> {
-    if !auth.is_enabled() {
-        return Ok(RelayCredential::NotRequired);
+/// Who a request authenticated as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Where its credential was (removed before the request goes upstream).
+    pub credential: RelayCredential,
+    /// Its client (index into the state's `clients`); `None` for `server.auth`'s key or an
+    /// open relay.
+    pub client: Option<usize>,
+}
+
+impl Authenticated {
+    const OPEN: Authenticated = Authenticated {
+        credential: RelayCredential::NotRequired,
+        client: None,
+    };
+}
+
+/// Check the client's credential: a client's own key (as `x-api-key` or a Bearer token), else
+/// `server.auth`'s. With neither configured the relay is open.
+pub fn authenticate(
+    auth: &AuthConfig,
+    clients: &Clients,
+    req: &RequestHeader,
+) -> Result<Authenticated, ApiError> {
+    if !auth.is_enabled() && clients.is_empty() {
+        return Ok(Authenticated::OPEN);
     }
-    if let (Some(expected), Some(given)) = (&auth.api_key, req.headers.get("x-api-key")) {
-        if same_secret(given.as_bytes(), expected.expose()) {
-            return Ok(RelayCredential::XApiKey);
+    let api_key = req.headers.get("x-api-key").map(|v| v.as_bytes());
+    let bearer = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let as_client = |given: Option<&[u8]>, credential| {
+        let client = clients.find(given?)?;
+        Some(Authenticated {
+            credential,
+            client: Some(client),
+        })
+    };
+    if let Some(found) = as_client(api_key, RelayCredential::XApiKey)
+        .or_else(|| as_client(bearer, RelayCredential::Bearer))
+    {
+        return Ok(found);
+    }
+    let shorthand = |credential| Authenticated {
+        credential,
+        client: None,
+    };
+    if let (Some(expected), Some(given)) = (&auth.api_key, api_key) {
+        if same_secret(given, expected.expose()) {
+            return Ok(shorthand(RelayCredential::XApiKey));
         }
     }
     if auth.allow_bearer || auth.bearer_secret.is_some() {
-        let token = req
-            .headers
-            .get("authorization")
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if let Some(token) = token {
+        if let Some(token) = bearer {
             let expected = auth.bearer_secret.as_ref().or(auth.api_key.as_ref());
             if expected.is_some_and(|e| same_secret(token, e.expose())) {
-                return Ok(RelayCredential::Bearer);
+                return Ok(shorthand(RelayCredential::Bearer));
             }
         }
     }
@@ -95,17 +136,18 @@ impl AuthThrottle {
 /// [`authenticate`], for a client at `ip`, through `throttle`.
 pub fn authenticate_client(
     throttle: &AuthThrottle,
-    auth: &AuthConfig,
+    state: &RuntimeState,
     req: &RequestHeader,
     ip: Option<IpAddr>,
-) -> Result<RelayCredential, ApiError> {
-    if !auth.is_enabled() {
-        return Ok(RelayCredential::NotRequired);
+) -> Result<Authenticated, ApiError> {
+    let auth = &state.config.server.auth;
+    if !auth.is_enabled() && state.clients.is_empty() {
+        return Ok(Authenticated::OPEN);
     }
     if ip.is_some_and(|ip| !throttle.admits(&ip)) {
         return Err(ApiError::AuthThrottled);
     }
-    let outcome = authenticate(auth, req);
+    let outcome = authenticate(auth, &state.clients, req);
     if let (Err(_), Some(ip)) = (&outcome, ip) {
         throttle.failed(&ip);
     }
@@ -158,10 +200,45 @@ mod tests {
     }
 
     #[test]
+    fn a_client_key_names_its_client_in_either_header_and_the_shorthand_still_works() {
+        use crate::clients::test_client;
+        let clients = Clients::build(
+            &[test_client("alice", "ka"), test_client("bob", "kb")],
+            &Default::default(),
+            None,
+            std::path::Path::new("/nonexistent/state.json"),
+        );
+        let a = auth(Some("shared"), false, None);
+        let who = |headers: &[(&str, &str)]| authenticate(&a, &clients, &req(headers));
+        assert_eq!(who(&[("x-api-key", "kb")]).unwrap().client, Some(1));
+        assert_eq!(
+            who(&[("authorization", "Bearer ka")]).unwrap(),
+            Authenticated {
+                credential: RelayCredential::Bearer,
+                client: Some(0)
+            }
+        );
+        assert_eq!(who(&[("x-api-key", "shared")]).unwrap().client, None);
+        assert!(who(&[("x-api-key", "kc")]).is_err());
+        assert!(who(&[("x-api-key", "k")]).is_err());
+        // Clients alone switch authentication on.
+        let none = auth(None, false, None);
+        assert!(authenticate(&none, &clients, &req(&[])).is_err());
+        assert_eq!(
+            authenticate(&none, &clients, &req(&[("x-api-key", "ka")]))
+                .unwrap()
+                .client,
+            Some(0)
+        );
+    }
+
+    #[test]
     fn open_relay_requires_nothing() {
         let a = auth(None, false, None);
         assert_eq!(
-            authenticate(&a, &req(&[])).unwrap(),
+            authenticate(&a, &Clients::default(), &req(&[]))
+                .unwrap()
+                .credential,
             RelayCredential::NotRequired
         );
     }
@@ -170,26 +247,59 @@ mod tests {
     fn api_key_must_match() {
         let a = auth(Some("relay-secret"), false, None);
         assert_eq!(
-            authenticate(&a, &req(&[("x-api-key", "relay-secret")])).unwrap(),
+            authenticate(
+                &a,
+                &Clients::default(),
+                &req(&[("x-api-key", "relay-secret")])
+            )
+            .unwrap()
+            .credential,
             RelayCredential::XApiKey
         );
-        assert!(authenticate(&a, &req(&[("x-api-key", "relay-secre")])).is_err());
-        assert!(authenticate(&a, &req(&[])).is_err());
+        assert!(authenticate(
+            &a,
+            &Clients::default(),
+            &req(&[("x-api-key", "relay-secre")])
+        )
+        .is_err());
+        assert!(authenticate(&a, &Clients::default(), &req(&[])).is_err());
         // Bearer is refused unless allowed.
-        assert!(authenticate(&a, &req(&[("authorization", "Bearer relay-secret")])).is_err());
+        assert!(authenticate(
+            &a,
+            &Clients::default(),
+            &req(&[("authorization", "Bearer relay-secret")])
+        )
+        .is_err());
     }
 
     #[test]
     fn bearer_accepts_the_bearer_secret_or_the_api_key() {
         let a = auth(Some("k"), true, None);
         assert_eq!(
-            authenticate(&a, &req(&[("authorization", "Bearer k")])).unwrap(),
+            authenticate(
+                &a,
+                &Clients::default(),
+                &req(&[("authorization", "Bearer k")])
+            )
+            .unwrap()
+            .credential,
             RelayCredential::Bearer
         );
         let b = auth(Some("k"), true, Some("b"));
-        assert!(authenticate(&b, &req(&[("authorization", "Bearer k")])).is_err());
+        assert!(authenticate(
+            &b,
+            &Clients::default(),
+            &req(&[("authorization", "Bearer k")])
+        )
+        .is_err());
         assert_eq!(
-            authenticate(&b, &req(&[("authorization", "Bearer b")])).unwrap(),
+            authenticate(
+                &b,
+                &Clients::default(),
+                &req(&[("authorization", "Bearer b")])
+            )
+            .unwrap()
+            .credential,
             RelayCredential::Bearer
         );
     }

@@ -7,6 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::admin::metrics::{KeyHandles, UNROUTED};
+use crate::clients::quota::{ClientSlot, QuotaCharge};
+use crate::clients::ClientRuntime;
 use crate::pool::{Demand, Settlement};
 use crate::routing::Stick;
 use crate::usage::{JsonUsageScanner, SseUsageParser, Usage};
@@ -77,6 +79,11 @@ pub struct RequestCtx {
     /// The runtime state this request started with; a reload does not change it mid-request.
     pub state: Option<Arc<RuntimeState>>,
     pub credential: RelayCredential,
+    /// Its client (index into the state's `clients`), when it authenticated as one; the slot
+    /// of the client's `max_concurrent` it holds, and what it took from the client's quotas.
+    pub client: Option<usize>,
+    pub client_slot: Option<ClientSlot>,
+    pub client_charge: Option<QuotaCharge>,
     /// The body as the client sent it (validated), and what it says.
     pub body: Bytes,
     /// The body's share of `server.max_buffered_body_bytes`, given back when the request ends.
@@ -124,6 +131,9 @@ impl RequestCtx {
             endpoint: Endpoint::Unknown,
             state: None,
             credential: RelayCredential::NotRequired,
+            client: None,
+            client_slot: None,
+            client_charge: None,
             body: Bytes::new(),
             body_budget: Default::default(),
             facts: RequestFacts::default(),
@@ -146,6 +156,69 @@ impl RequestCtx {
             usage: UsageTracker::Off,
             replay_installed: false,
             slot: None,
+        }
+    }
+
+    /// Its client, when it authenticated as one.
+    pub fn client(&self) -> Option<&ClientRuntime> {
+        let (state, index) = (self.state.as_ref()?, self.client?);
+        Some(state.clients.get(index))
+    }
+
+    /// The client's name for the access log (`-` for none).
+    pub fn client_name(&self) -> &str {
+        self.client().map_or("-", ClientRuntime::name)
+    }
+
+    /// What the request used, by the response's `usage` (when it was answered with one).
+    fn used(&self) -> Option<Settlement> {
+        let answered = (200..300).contains(&self.upstream_status);
+        match (answered, self.endpoint, self.usage.usage()) {
+            (true, Endpoint::Messages, Some(u)) => Some(u.settlement(self.demand.max_tokens)),
+            // Answered but no usage could be read (e.g. the stream broke before
+            // message_start): the estimate the admission made.
+            (true, Endpoint::Messages, None) => Some(Settlement {
+                input_tokens: self.demand.input_tokens,
+                output_tokens: 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The request is over: charge its client's quotas and budgets what it used (nothing when
+    /// it never reached an upstream), and count it in the client's metrics.
+    pub fn settle_client(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let Some(client) = self.client.map(|i| state.clients.get(i)) else {
+            return;
+        };
+        if let Some(charge) = self.client_charge.take() {
+            if self.attempts == 0 {
+                client.quota.release(charge);
+            } else {
+                let used = self.used().unwrap_or_default();
+                client
+                    .quota
+                    .settle(charge, used, crate::pool::clock_ns(Instant::now()));
+            }
+        }
+        let usage = self.usage.usage();
+        if let (Some(budget), Some(u)) = (&client.budget, &usage) {
+            budget.add(u.total(), &crate::clients::budget::Calendar::now());
+        }
+        if self.metrics_on() {
+            let handles = client.metrics.get(client.name());
+            if let Some(status) = self
+                .local_status
+                .or(Some(self.upstream_status).filter(|s| *s > 0))
+            {
+                handles.request(status);
+            }
+            if let Some(u) = &usage {
+                handles.tokens(u);
+            }
         }
     }
 
@@ -216,16 +289,9 @@ impl RequestCtx {
         let Some(r) = self.attempt.as_mut().and_then(|a| a.reservation.take()) else {
             return;
         };
-        let answered = (200..300).contains(&self.upstream_status);
-        match (answered, self.endpoint, self.usage.usage()) {
-            (true, Endpoint::Messages, Some(u)) => r.settle(u.settlement(self.demand.max_tokens)),
-            // Answered but no usage could be read (e.g. the stream broke before
-            // message_start): charge the estimate the admission made.
-            (true, Endpoint::Messages, None) => r.settle(Settlement {
-                input_tokens: self.demand.input_tokens,
-                output_tokens: 0,
-            }),
-            _ => r.release(),
+        match self.used() {
+            Some(used) => r.settle(used),
+            None => r.release(),
         }
     }
 }

@@ -100,6 +100,32 @@ pub enum ApiError {
          {retry_after_secs} s"
     )]
     CircuitsOpen { retry_after_secs: u64 },
+    #[error(
+        "client '{client}' is over its own {limit} of {value} {unit}; retry after \
+         {retry_after_secs} s"
+    )]
+    ClientLimit {
+        client: String,
+        limit: &'static str,
+        value: u64,
+        unit: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error(
+        "client '{client}' has used its {budget} ({used} of {value} tokens); it resets at \
+         {resets_at}"
+    )]
+    ClientBudget {
+        client: String,
+        budget: &'static str,
+        value: u64,
+        used: u64,
+        resets_at: String,
+        retry_after_secs: u64,
+    },
+    /// A client asked for what its allow-lists (`models`, `providers`) do not give it.
+    #[error("{0}")]
+    ClientForbidden(String),
     #[error("the relay is at its limit of {limit} concurrent requests")]
     Overloaded { limit: usize },
     #[error("upstream '{provider}' could not be reached: {reason}")]
@@ -137,7 +163,11 @@ impl ApiError {
             ApiError::HeaderTooLarge { .. } => 431,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => 429,
+            ApiError::PoolExhausted { .. }
+            | ApiError::AuthThrottled
+            | ApiError::ClientLimit { .. }
+            | ApiError::ClientBudget { .. } => 429,
+            ApiError::ClientForbidden(_) => 403,
             ApiError::Overloaded { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
@@ -161,7 +191,11 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
-            ApiError::PoolExhausted { .. } | ApiError::AuthThrottled => "rate_limit_error",
+            ApiError::PoolExhausted { .. }
+            | ApiError::AuthThrottled
+            | ApiError::ClientLimit { .. }
+            | ApiError::ClientBudget { .. } => "rate_limit_error",
+            ApiError::ClientForbidden(_) => "permission_error",
             ApiError::Overloaded { .. }
             | ApiError::CircuitsOpen { .. }
             | ApiError::BodiesFull { .. } => "overloaded_error",
@@ -178,9 +212,13 @@ impl ApiError {
             ApiError::PoolExhausted {
                 retry_after_secs, ..
             }
-            | ApiError::CircuitsOpen { retry_after_secs } => {
-                Some(Duration::from_secs(*retry_after_secs))
+            | ApiError::CircuitsOpen { retry_after_secs }
+            | ApiError::ClientLimit {
+                retry_after_secs, ..
             }
+            | ApiError::ClientBudget {
+                retry_after_secs, ..
+            } => Some(Duration::from_secs(*retry_after_secs)),
             // The current window and the next: by then the last one no longer counts.
             ApiError::AuthThrottled => Some(Duration::from_secs(2)),
             // Bodies in flight finish within seconds; the share frees up as they do.
@@ -208,7 +246,7 @@ impl ApiError {
 }
 
 /// Seconds for a `Retry-After`, rounded up, at least 1.
-fn whole_seconds(d: Duration) -> u64 {
+pub fn whole_seconds(d: Duration) -> u64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.max(1)
 }
@@ -245,6 +283,25 @@ pub async fn write_error(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// How long an answered request's unread body is read and dropped at most, so that a client
+/// still sending it reads the answer rather than a connection reset (closing a socket with
+/// unread data resets it). Bounded in time, never buffered.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After an answer given before the request body was read (413, 503, 429, 401, ...): read and
+/// drop what the client still sends, for at most [`LINGER`]. Not for a body whose framing is
+/// broken or that stopped arriving: there is nothing sound to read.
+pub async fn linger(session: &mut Session, err: &ApiError) {
+    if matches!(
+        err,
+        ApiError::MalformedBody(_) | ApiError::ClientTimeout { .. }
+    ) || session.is_body_done()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! says how the relay answers it itself, so the phase reads top to bottom with one exit point:
 //!
 //! ```text
-//! endpoint → authenticate → local endpoints → admission (concurrency) → read body
-//!          → parse facts → choose the provider → pool admission → replay installed
+//! header size → endpoint → authenticate (server.auth or a client's key) → local endpoints
+//!   → admission (the relay's and the client's concurrency) → read body → parse facts
+//!   → the client's model allow-list → plan (providers, the client's allow-list)
+//!   → the client's budgets and quotas → pool admission → replay installed
 //! ```
 
 use std::time::Duration;
@@ -11,12 +13,17 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use super::auth;
 use super::ctx::{ConcurrencySlot, RequestCtx};
-use super::errors::ApiError;
+use super::errors::{whole_seconds, ApiError};
 use super::local::Endpoint;
 use super::request::RequestFacts;
 use super::state::{ProviderRuntime, RuntimeState, Shared};
+use crate::admin::metrics::METRICS;
+use crate::clients::budget::{Calendar, Period};
+use crate::clients::{quota, ClientRuntime};
 use crate::pool::{Demand, Exhausted};
 use crate::routing::Candidate;
 
@@ -86,10 +93,10 @@ pub fn authenticate(
         return Step::Continue;
     }
     let ip = auth::client_ip(session.client_addr());
-    let auth = &state.config.server.auth;
-    match auth::authenticate_client(&shared.auth_throttle, auth, session.req_header(), ip) {
-        Ok(credential) => {
-            ctx.credential = credential;
+    match auth::authenticate_client(&shared.auth_throttle, state, session.req_header(), ip) {
+        Ok(who) => {
+            ctx.credential = who.credential;
+            ctx.client = who.client;
             Step::Continue
         }
         Err(e) => e.into(),
@@ -122,15 +129,99 @@ pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) 
     Step::Respond(Answer::Json(body))
 }
 
-/// `server.max_concurrent`: a slot held for the life of the request.
+/// `server.max_concurrent`, then the client's own `max_concurrent`: slots held for the life of
+/// the request (taken before its body is read, so a client at its cap holds no buffer).
 pub fn admission(ctx: &mut RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
     let limit = state.config.server.max_concurrent;
     match ConcurrencySlot::acquire(&shared.in_flight, limit) {
-        Some(slot) => {
-            ctx.slot = Some(slot);
+        Some(slot) => ctx.slot = Some(slot),
+        None => return ApiError::Overloaded { limit }.into(),
+    }
+    if let Some(client) = ctx.client.map(|i| state.clients.get(i)) {
+        match client.quota.enter(client.config.max_concurrent) {
+            Ok(slot) => ctx.client_slot = Some(slot),
+            Err(refusal) => return client_refused(client, refusal).into(),
+        }
+    }
+    Step::Continue
+}
+
+/// A client's own limit refused its request: the 429 names the limit, the client's metrics
+/// count it.
+fn client_refused(client: &ClientRuntime, refusal: quota::Refusal) -> ApiError {
+    let limit = refusal.limit.field();
+    METRICS.client_refusal(client.name(), limit);
+    ApiError::ClientLimit {
+        client: client.name().to_owned(),
+        limit,
+        value: refusal.value,
+        unit: refusal.limit.unit(),
+        retry_after_secs: whole_seconds(refusal.retry_after),
+    }
+}
+
+/// The client's `models` allow-list, once the body says which model it asks for.
+pub fn client_model(ctx: &RequestCtx) -> Step {
+    let Some(client) = ctx.client() else {
+        return Step::Continue;
+    };
+    let model = ctx.facts.model.as_deref();
+    if client.config.allows_model(model) {
+        return Step::Continue;
+    }
+    METRICS.client_refusal(client.name(), "models");
+    ApiError::ClientForbidden(format!(
+        "client '{}' may not use model '{}' (its models: {})",
+        client.name(),
+        model.unwrap_or("(none)"),
+        client.config.models.join(", ")
+    ))
+    .into()
+}
+
+/// The client's budgets, then its limits per minute: a request over either is answered 429
+/// with the client's own figures, before any pool is asked.
+pub fn client_quota(ctx: &mut RequestCtx, state: &RuntimeState) -> Step {
+    let Some(client) = ctx.client.map(|i| state.clients.get(i)) else {
+        return Step::Continue;
+    };
+    if let Some(budget) = &client.budget {
+        let calendar = Calendar::now();
+        let limits = [
+            (Period::Day, client.config.daily_token_budget),
+            (Period::Month, client.config.monthly_token_budget),
+        ];
+        for (period, value) in limits {
+            let used = budget.used(period, &calendar);
+            if value == 0 || used < value {
+                continue;
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let (retry_after, resets_at) = calendar.reset(period, now);
+            METRICS.client_refusal(client.name(), period.field());
+            return ApiError::ClientBudget {
+                client: client.name().to_owned(),
+                budget: period.field(),
+                value,
+                used,
+                resets_at,
+                retry_after_secs: whole_seconds(retry_after),
+            }
+            .into();
+        }
+    }
+    match client.quota.admit(
+        &ctx.demand,
+        crate::pool::clock_ns(std::time::Instant::now()),
+    ) {
+        Ok(charge) => {
+            ctx.client_charge = Some(charge);
             Step::Continue
         }
-        None => ApiError::Overloaded { limit }.into(),
+        Err(refusal) => client_refused(client, refusal).into(),
     }
 }
 
@@ -197,9 +288,22 @@ pub fn plan(
         }
     }
 
-    let (providers, default) = state.candidates(ctx.facts.model.as_deref());
+    let (mut providers, default) = state.candidates(ctx.facts.model.as_deref());
     if providers.is_empty() {
         return ApiError::NoProvider.into();
+    }
+    if let Some(client) = ctx.client.map(|i| state.clients.get(i)) {
+        providers.retain(|&p| client.may_use_provider(p));
+        if providers.is_empty() {
+            METRICS.client_refusal(client.name(), "providers");
+            return ApiError::ClientForbidden(format!(
+                "client '{}' may use providers {}; none of them serves model '{}'",
+                client.name(),
+                client.config.providers.join(", "),
+                ctx.facts.model.as_deref().unwrap_or("(none)")
+            ))
+            .into();
+        }
     }
     let health = &state.config.health;
     let now = std::time::Instant::now();

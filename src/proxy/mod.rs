@@ -101,7 +101,9 @@ impl Relay {
         step!(intake::local_endpoints(ctx, &state, &self.shared));
         step!(intake::admission(ctx, &state, &self.shared));
         step!(intake::read_and_parse_body(session, ctx, &state).await?);
+        step!(intake::client_model(ctx));
         step!(intake::plan(session, ctx, &state, &self.shared));
+        step!(intake::client_quota(ctx, &state));
         step!(intake::plan_admission(ctx, &state).await);
         Ok(Step::Continue)
     }
@@ -207,6 +209,7 @@ impl Relay {
         access_log::record(&access_log::AccessEntry {
             request_id: &ctx.request_id,
             client: session.client_addr().map(|a| a.to_string()),
+            client_name: ctx.client_name(),
             method: req.method.as_str(),
             path: req.uri.path(),
             status,
@@ -362,6 +365,7 @@ impl ProxyHttp for Relay {
                 );
                 ctx.local_status = Some(err.status());
                 errors::write_error(session, &err, &ctx.request_id).await?;
+                errors::linger(session, &err).await;
                 Ok(true)
             }
         }
@@ -795,6 +799,7 @@ impl ProxyHttp for Relay {
         }
         self.account(session, ctx);
         ctx.settle_reservation();
+        ctx.settle_client();
         // The usage is read again only for the debug line: not when it is filtered out.
         if ctx.endpoint.is_proxied() && log::log_enabled!(log::Level::Debug) {
             let usage = ctx.usage.usage().unwrap_or_default();

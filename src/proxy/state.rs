@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::auth::AuthThrottle;
 use crate::admin::metrics::{ConnectionHandles, KeyHandleCell};
+use crate::clients::Clients;
 use crate::config::{self, Config, ProviderConfig, RoutingStrategy};
 use crate::pool::{KeyPool, KeySpec};
 use crate::providers::aws_credentials::{chain_slot, AwsCredentials};
@@ -174,6 +175,8 @@ pub struct RuntimeState {
     by_name: HashMap<String, usize>,
     /// Bumped by every successful reload, so clients (e.g. `cc-relay reload`) can see it land.
     pub generation: u64,
+    /// The relay's clients (`clients`): their keys, allow-lists, quotas and budgets.
+    pub clients: Clients,
 }
 
 fn key_specs(provider: &ProviderConfig) -> Vec<KeySpec> {
@@ -248,6 +251,12 @@ impl RuntimeState {
             .enumerate()
             .map(|(i, p)| (p.config.name.clone(), i))
             .collect();
+        let clients = Clients::build(
+            &config.clients,
+            &by_name,
+            previous.map(|s| &s.clients),
+            &config.server.state_file,
+        );
         let weights: Vec<f64> = providers.iter().map(|p| p.config.weight).collect();
         RuntimeState {
             router: Router::new(config.routing.strategy, &weights),
@@ -255,6 +264,7 @@ impl RuntimeState {
             config: Arc::new(config),
             providers,
             by_name,
+            clients,
         }
     }
 

@@ -1,0 +1,255 @@
+//! Per-client keys (`clients`): each client authenticates with its own key and meets its own
+//! limits, budgets and allow-lists; the pool and the other clients are not affected.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// SHA-256 of `bob-key` (`printf %s bob-key | sha256sum`): the config need not hold bob's key.
+const BOB_SHA256: &str = "9b94dc1a51a38769f135edf04033ad7f2f487b6c25929be7a861cfc1ab10cf98";
+
+fn body() -> serde_json::Value {
+    message_body("claude-sonnet-4-5", false)
+}
+
+async fn send(relay: &RelayProcess, headers: &[(&str, &str)]) -> (u16, serde_json::Value, String) {
+    let resp = post_messages(relay, &body(), headers).await;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, resp.json().await.unwrap(), retry_after)
+}
+
+/// `GET /status` with `key`: behind authentication like everything but `/health`.
+async fn status_as(relay: &RelayProcess, key: &str) -> serde_json::Value {
+    let resp = client()
+        .get(relay.url("/status"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+fn message(body: &serde_json::Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clients_with_their_own_quotas_one_runs_out_the_other_does_not_notice() {
+    let mock = start_mock().await;
+    let config = format!(
+        "{}metrics:\n  enabled: true\nclients:\n  - name: alice\n    key: alice-key\n    \
+         rpm_limit: 2\n  - name: bob\n    key_sha256: {BOB_SHA256}\n",
+        pool_config(&mock, &[("k1", "sk-1", "")], "")
+    );
+    let relay = RelayProcess::start("  auth:\n    api_key: shared-key\n", &config);
+    let alice = [("x-api-key", "alice-key")];
+    for _ in 0..2 {
+        assert_eq!(send(&relay, &alice).await.0, 200);
+    }
+    let (status, body, retry_after) = send(&relay, &alice).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_type(&body), "rate_limit_error");
+    assert!(
+        message(&body)
+            .contains("client 'alice' is over its own rpm_limit of 2 requests per minute"),
+        "{body}"
+    );
+    // Two a minute, both taken just now: one more fits in about 30 s.
+    let secs: u64 = retry_after.parse().unwrap();
+    assert!((25..=31).contains(&secs), "retry-after {secs}");
+
+    // Bob, with his key in either header, and the server.auth key are not affected.
+    for i in 0..5 {
+        let header = if i % 2 == 0 {
+            ("x-api-key", "bob-key".to_owned())
+        } else {
+            ("authorization", "Bearer bob-key".to_owned())
+        };
+        let (status, body, _) = send(&relay, &[(header.0, &header.1)]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(send(&relay, &[("x-api-key", "shared-key")]).await.0, 200);
+    // Alice's refused request never reached the upstream, and no relay key was spent on it.
+    assert_eq!(mock.requests().len(), 8);
+    let status = status_as(&relay, "shared-key").await;
+    assert!(key_status(&status, "k1")["cooling_down_ms"].is_null());
+    let clients = status["clients"].as_array().unwrap();
+    assert_eq!(clients[0]["name"], "alice");
+    assert_eq!(clients[0]["requests"]["limit"], 2);
+    assert_eq!(clients[0]["requests"]["remaining"], 0);
+
+    // An unknown key and no key at all: 401.
+    for headers in [&[("x-api-key", "mallory-key")][..], &[]] {
+        let (status, body, _) = send(&relay, headers).await;
+        assert_eq!(status, 401);
+        assert_eq!(error_type(&body), "authentication_error");
+    }
+
+    // The client's name is a metrics label and in the access log; its key is in neither.
+    let metrics = client()
+        .get(relay.url("/metrics"))
+        .header("x-api-key", "shared-key")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", relay.logs()))
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "cc_relay_client_requests_total{client=\"alice\",status_class=\"2xx\"} 2",
+        "cc_relay_client_requests_total{client=\"alice\",status_class=\"4xx\"} 1",
+        "cc_relay_client_requests_total{client=\"bob\",status_class=\"2xx\"} 5",
+        "cc_relay_client_refusals_total{client=\"alice\",limit=\"rpm_limit\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(relay.wait_for_log("client_name=bob", Duration::from_secs(2)));
+    let logs = relay.logs();
+    assert!(logs.contains("client_name=alice method=POST path=\"/v1/messages\" status=429"));
+    for secret in ["alice-key", "bob-key", "shared-key"] {
+        assert!(
+            !logs.contains(secret) && !metrics.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
+
+/// Seconds until the next UTC midnight, and that midnight as `2026-12-01T00:00:00Z`'s date.
+fn next_midnight() -> (u64, u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let midnight = (now / 86_400 + 1) * 86_400;
+    (midnight - now, midnight)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart() {
+    let mock = start_mock().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("budgets.json");
+    let server = format!("  state_file: \"{}\"\n", state_file.display());
+    let config = |extra: &str| {
+        format!(
+            "{}clients:\n  - name: carol\n    key: carol-key\n    daily_token_budget: 20\n  \
+             - name: dan\n    key: dan-key\n    monthly_token_budget: 1000000\n{extra}",
+            pool_config(&mock, &[("k1", "sk-1", "")], "")
+        )
+    };
+    let mut relay = RelayProcess::start(&server, &config(""));
+    let carol = [("x-api-key", "carol-key")];
+    // Under the budget when it starts; the response's usage (input + 12 output) spends it.
+    assert_eq!(send(&relay, &carol).await.0, 200);
+    let refused = |(status, body, retry_after): (u16, serde_json::Value, String)| {
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(error_type(&body), "rate_limit_error");
+        let (secs_left, _) = next_midnight();
+        let after: u64 = retry_after.parse().unwrap();
+        assert!(after.abs_diff(secs_left) <= 5, "{after} vs {secs_left}");
+        let text = message(&body);
+        assert!(
+            text.starts_with("client 'carol' has used its daily_token_budget (")
+                && text.contains(" of 20 tokens); it resets at ")
+                && text.ends_with("T00:00:00Z"),
+            "{text}"
+        );
+    };
+    refused(send(&relay, &carol).await);
+    assert_eq!(send(&relay, &[("x-api-key", "dan-key")]).await.0, 200);
+
+    // A reload keeps the count.
+    relay.rewrite_config(&server, &config("metrics:\n  enabled: true\n"));
+    relay.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_json(&relay, "/health").await["config_generation"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not land"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    refused(send(&relay, &carol).await);
+
+    // A restart too: the stopping relay saves what it counted, the next one reads it.
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    let saved = std::fs::read_to_string(&state_file).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let used = file["clients"]["carol"]["day_tokens"].as_u64().unwrap();
+    assert!(used >= 20, "{saved}");
+    assert!(file["clients"]["dan"]["month_tokens"].as_u64().unwrap() > 0);
+    assert!(!saved.contains("carol-key"));
+    let relay = RelayProcess::start(&server, &config(""));
+    refused(send(&relay, &carol).await);
+    let status = status_as(&relay, "carol-key").await;
+    let carol_status = &status["clients"][0];
+    assert_eq!(carol_status["daily_budget"]["used"], used);
+    assert_eq!(carol_status["daily_budget"]["limit"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_lists_keep_a_client_to_its_models_and_providers() {
+    let first = start_mock().await;
+    let second = start_mock().await;
+    let config = format!(
+        "providers:\n{}{}clients:\n  - name: erin\n    key: erin-key\n    \
+         models: [claude-sonnet-*]\n    providers: [second]\n",
+        mock_provider("first", &first, &[("a", "sk-a")], ""),
+        mock_provider("second", &second, &[("b", "sk-b")], ""),
+    );
+    let relay = RelayProcess::start("", &config);
+    let erin = [("x-api-key", "erin-key")];
+    for _ in 0..3 {
+        assert_eq!(send(&relay, &erin).await.0, 200);
+    }
+    assert_eq!(first.requests().len(), 0);
+    assert_eq!(second.requests().len(), 3);
+    let resp = post_messages(&relay, &message_body("claude-opus-4-1", false), &erin).await;
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(error_type(&body), "permission_error");
+    assert_eq!(
+        message(&body),
+        "client 'erin' may not use model 'claude-opus-4-1' (its models: claude-sonnet-*)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_caps_a_clients_requests_in_flight() {
+    let mock = start_mock().await;
+    let config = format!(
+        "{}clients:\n  - name: fay\n    key: fay-key\n    max_concurrent: 1\n  - name: gus\n    \
+         key: gus-key\n",
+        pool_config(&mock, &[("k1", "sk-1", "")], "")
+    );
+    let relay = std::sync::Arc::new(RelayProcess::start("", &config));
+    let slow = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            send(
+                &relay,
+                &[("x-api-key", "fay-key"), ("x-mock-latency-ms", "1500")],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body, retry_after) = send(&relay, &[("x-api-key", "fay-key")]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(message(&body).contains("client 'fay' is over its own max_concurrent of 1"));
+    assert_eq!(retry_after, "1");
+    // Another client is not held by fay's cap.
+    assert_eq!(send(&relay, &[("x-api-key", "gus-key")]).await.0, 200);
+    assert_eq!(slow.await.unwrap().0, 200);
+    assert_eq!(send(&relay, &[("x-api-key", "fay-key")]).await.0, 200);
+}
