@@ -56,7 +56,8 @@ def client():
 
 
 rss_before = rss_kb(pid, "VmRSS:")
-before = latency(port)
+normal = {}
+before = latency(port, statuses=normal)
 threads = [threading.Thread(target=client) for _ in range(n)]
 for t in threads:
     t.start()
@@ -64,12 +65,13 @@ try:
     sent_all.wait(timeout=60)
 except threading.BrokenBarrierError:
     pass
-during = latency(port)
+during = latency(port, statuses=normal)
 for t in threads:
     t.join()
 counts = {}
 for a in answers:
     counts[a] = counts.get(a, 0) + 1
 print(f"{n} clients x {size} bytes of unfinished header: {counts}; normal requests median/max "
-      f"ms before {before[0]:.2f}/{before[1]:.2f}, during {during[0]:.2f}/{during[1]:.2f}; "
+      f"ms before {before[0]:.2f}/{before[1]:.2f}, during {during[0]:.2f}/{during[1]:.2f} "
+      f"(statuses {normal}); "
       f"RSS before {rss_before // 1024} MiB, peak {rss_kb(pid, 'VmHWM:') // 1024} MiB")
