@@ -280,7 +280,11 @@ impl SseUsageParser {
         }
         if self.event == EventKind::None {
             // No `event:` line: classify by the data's leading `"type"`, if it is already there.
-            let payload = &line[5..];
+            // Only the line's first CLASSIFY_PREFIX bytes decide, so the answer is the same
+            // however the stream was cut (found by fuzzing: a type name running past the
+            // prefix was "unknown" when the line came in pieces, and skipped when it came
+            // whole).
+            let payload = &line[5..line.len().min(CLASSIFY_PREFIX)];
             match classify_data(payload) {
                 Some(kind) => self.event = kind,
                 None if line.len() < CLASSIFY_PREFIX => return,
@@ -487,6 +491,29 @@ fn is_escaped(buf: &[u8], pos: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_type_name_is_classified_the_same_however_the_line_is_cut() {
+        // From the fuzzer: a data line without an `event:` line whose type name runs past the
+        // classifying prefix, then an error event whose data reads alone but not after it.
+        let stream = format!(
+            "data: {{\"type\":\"{}\"}}\nevent: error\ndata: {{\"x\":1}}\n\n",
+            "t".repeat(100)
+        );
+        let whole = {
+            let mut p = SseUsageParser::new();
+            p.feed(stream.as_bytes());
+            p.error_type().map(str::to_owned)
+        };
+        let bytewise = {
+            let mut p = SseUsageParser::new();
+            for b in stream.as_bytes() {
+                p.feed(std::slice::from_ref(b));
+            }
+            p.error_type().map(str::to_owned)
+        };
+        assert_eq!(whole, bytewise);
+    }
 
     #[test]
     fn settlement_never_wraps_and_never_exceeds_max_tokens() {
