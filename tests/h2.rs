@@ -74,75 +74,24 @@ async fn streams_errors_auth_local_answers_and_retries_are_the_same_over_h2c_and
         // One of the pool's keys refuses its next request: the relay retries on the other.
         mock.push_fault(Some("sk-1"), throttled("1"));
         let upstream_before = mock.request_count();
-        let runs = [
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                key,
-                json.clone(),
-            )
-            .await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                key,
-                stream.clone(),
-            )
-            .await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                key,
-                json.clone(),
-            )
-            .await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                None,
-                json.clone(),
-            )
-            .await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/nowhere",
-                key,
-                json.clone(),
-            )
-            .await,
-            exchange(&http, &relay, Method::GET, "/v1/messages", key, None).await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                key,
-                Some(serde_json::json!(["not", "an", "object"])),
-            )
-            .await,
-            exchange(&http, &relay, Method::GET, "/health", None, None).await,
-            exchange(&http, &relay, Method::GET, "/v1/models", key, None).await,
-            exchange(
-                &http,
-                &relay,
-                Method::POST,
-                "/v1/messages",
-                Some(own),
-                json.clone(),
-            )
-            .await,
-            exchange(&http, &relay, Method::POST, "/v1/messages", Some(own), json).await,
+        let not_an_object = Some(serde_json::json!(["not", "an", "object"]));
+        let requests = [
+            (Method::POST, "/v1/messages", key, json.clone()),
+            (Method::POST, "/v1/messages", key, stream),
+            (Method::POST, "/v1/messages", key, json.clone()),
+            (Method::POST, "/v1/messages", None, json.clone()),
+            (Method::POST, "/v1/nowhere", key, json.clone()),
+            (Method::GET, "/v1/messages", key, None),
+            (Method::POST, "/v1/messages", key, not_an_object),
+            (Method::GET, "/health", None, None),
+            (Method::GET, "/v1/models", key, None),
+            (Method::POST, "/v1/messages", Some(own), json.clone()),
+            (Method::POST, "/v1/messages", Some(own), json),
         ];
+        let mut runs = Vec::new();
+        for (method, path, key, body) in requests {
+            runs.push(exchange(&http, &relay, method, path, key, body).await);
+        }
         for (i, run) in runs.iter().enumerate() {
             assert_eq!(run.0, version, "request {i} went over {:?}", run.0);
         }
