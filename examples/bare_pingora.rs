@@ -7,8 +7,8 @@
 //! above this line is ours; the cost below it is Pingora's.
 //!
 //! For the comparison to be fair the server is built with the relay's own settings
-//! (`cc_relay::lifecycle::runtime_conf` and `client_listener`): `threads` single-threaded
-//! runtimes without work stealing, and a listener without Pingora's 64 KiB per-connection read
+//! (`cc_relay::lifecycle::runtime_conf`, `worker_services` and `client_listener`): one
+//! single-threaded service per thread on one socket, each with its own upstream pool, and a listener without Pingora's 64 KiB per-connection read
 //! buffer. Logging is
 //! set up like the relay's at level `warn` (`RUST_LOG` overrides it).
 //!
@@ -106,14 +106,23 @@ fn main() -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Bare {
-            upstream: args.upstream,
+    // One single-threaded service per thread on one socket, as the relay runs.
+    let workers = cc_relay::lifecycle::worker_services(
+        "bare pingora",
+        args.threads,
+        || {
+            pingora::proxy::http_proxy(
+                &server.configuration,
+                Bare {
+                    upstream: args.upstream,
+                },
+            )
         },
+        || cc_relay::lifecycle::client_listener(args.listen),
     );
-    proxy.add_listener(cc_relay::lifecycle::client_listener(args.listen));
-    server.add_service(proxy);
+    for worker in workers {
+        server.add_service(worker);
+    }
     server.run(RunArgs::default());
     ExitCode::SUCCESS
 }

@@ -442,7 +442,15 @@ async fn slowloris_connections_are_closed_at_the_header_deadline_while_others_ar
     let ok = post_messages(&relay, &message_body("m", false), &[]).await;
     assert_eq!(ok.status(), 200);
     assert!(started.elapsed() < Duration::from_millis(900));
-    let status = get_json(&relay, "/status").await;
+    // Counted once accepted (each worker thread accepts on its own): soon, and before their
+    // deadline.
+    let mut status = get_json(&relay, "/status").await;
+    while status["client_connections"]["open"].as_u64().unwrap() < 200
+        && started.elapsed() < Duration::from_millis(900)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = get_json(&relay, "/status").await;
+    }
     assert!(
         status["client_connections"]["open"].as_u64().unwrap() >= 200,
         "{status}"

@@ -48,7 +48,7 @@ pub use client::{send_reload, send_upgrade};
 pub use guard::open_connections;
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
-pub use server::{client_listener, runtime_conf, server_conf};
+pub use server::{client_listener, runtime_conf, server_conf, worker_services};
 pub use status::{render_table, StatusTarget};
 pub use watch::watch;
 
@@ -129,11 +129,14 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let admin_listen = cfg.server.admin_listen;
     let metrics_listen = cfg.metrics.listen.filter(|_| cfg.metrics.enabled);
     let metrics_endpoint = cfg.metrics.endpoint.clone();
+    // Checked here, so that a certificate that does not load is a config error; each worker
+    // service then builds its TLS settings from the same files.
+    let http2 = cfg.server.enable_http2;
     let client_tls = match &cfg.server.tls {
-        Some(files) => Some(
-            tls::settings(files, cfg.server.enable_http2)
-                .map_err(|e| ConfigError::invalid("server.tls", e))?,
-        ),
+        Some(files) => {
+            tls::settings(files, http2).map_err(|e| ConfigError::invalid("server.tls", e))?;
+            Some(files.clone())
+        }
         None => None,
     };
     let h2c = cfg.server.enable_http2 && cfg.server.tls.is_none();
@@ -149,24 +152,36 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut app = pingora::proxy::http_proxy(&server.configuration, Relay::new(state.clone()));
-    if h2c {
-        // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
+    let client_tls_files = client_tls;
+    let workers = server::worker_services(
+        "cc-relay",
+        server.configuration.threads,
+        || {
+            let mut app =
+                pingora::proxy::http_proxy(&server.configuration, Relay::new(state.clone()));
+            if h2c {
+                // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
+                let mut options = pingora::apps::HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+            guard::Guarded {
+                inner: std::sync::Arc::new(app),
+                state: state.clone(),
+            }
+        },
+        || {
+            let listener = client_listener(listen);
+            match &client_tls_files {
+                Some(files) => listener
+                    .tls(tls::settings(files, http2).expect("the certificate loaded a moment ago")),
+                None => listener,
+            }
+        },
+    );
+    for worker in workers {
+        server.add_service(worker);
     }
-    let guarded = guard::Guarded {
-        inner: std::sync::Arc::new(app),
-        state: state.clone(),
-    };
-    let mut proxy = pingora::services::listening::Service::new("cc-relay".to_owned(), guarded);
-    let mut listener = client_listener(listen);
-    if let Some(tls) = client_tls {
-        listener = listener.tls(tls);
-    }
-    proxy.add_listener(listener);
-    server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         server.add_service(crate::admin::admin_service(state.clone(), admin_listen));
     }

@@ -80,6 +80,30 @@ pub fn runtime_conf(threads: usize) -> ServerConf {
     }
 }
 
+/// The client-facing service as `threads` single-threaded services, one per worker thread, all
+/// listening on the same socket: Pingora's listen-fd table hands each the socket the first one
+/// bound (and an upgrade hands that one socket over), and the kernel gives each accepted
+/// connection to one of them. Each has its own app (`make_app`), so its own upstream connection
+/// pool: a connection to an upstream is opened, driven and reused by one thread, where one
+/// shared pool had connections registered with one thread's event loop handed to requests on
+/// another (a cross-thread wake-up per read).
+pub fn worker_services<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+    name: &str,
+    threads: usize,
+    mut make_app: impl FnMut() -> A,
+    listener: impl Fn() -> pingora::listeners::ListenerConfig,
+) -> Vec<pingora::services::listening::Service<A>> {
+    (0..threads.max(1))
+        .map(|i| {
+            let mut service =
+                pingora::services::listening::Service::new(format!("{name} {i}"), make_app());
+            service.threads = Some(1);
+            service.add_listener(listener());
+            service
+        })
+        .collect()
+}
+
 /// The client listener as the relay opens it (and the benchmarks' bare Pingora proxy).
 pub fn client_listener(listen: SocketAddr) -> pingora::listeners::ListenerConfig {
     // Pingora gives every client connection a 64 KiB read buffer by default, zero-filled and so
