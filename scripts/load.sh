@@ -96,7 +96,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
     python3 -m pip install -q --break-system-packages matplotlib 2>/dev/null ||
     log "matplotlib unavailable: the report will have no plot"
 fi
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 RELAY_BIN=${RELAY_BIN:-$BIN/cc-relay}
 # Always through cargo (a no-op when up to date): a stale binary would measure old code.
 log "building release binaries and the bare Pingora proxy (examples/bare_pingora.rs)"
