@@ -294,22 +294,14 @@ async fn an_idle_kept_alive_connection_is_closed_after_idle_timeout() {
 async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
     use std::io::Write;
     let (mock, relay) = relay_with("  client_body_timeout_ms: 1000\n").await;
-    let slow: Vec<std::net::TcpStream> = (0..20)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
-            s.write_all(
-                b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-type: application/json\r\n\
-                  content-length: 100\r\n\r\n{\"model\":",
-            )
-            .unwrap();
-            s
-        })
-        .collect();
+    let slow = open_slow(
+        &relay,
+        20,
+        b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"model\":",
+    );
     // Meanwhile a normal request is served at once.
-    let started = std::time::Instant::now();
-    let ok = post_messages(&relay, &message_body("m", false), &[]).await;
-    assert_eq!(ok.status(), 200);
-    assert!(started.elapsed() < Duration::from_millis(900));
+    let started = served_at_once(&relay).await;
     tokio::task::block_in_place(|| {
         for mut s in slow {
             let (closed, answer) = read_until_closed(&mut s, Duration::from_secs(3));
@@ -323,6 +315,27 @@ async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
         }
     });
     assert_eq!(mock.request_count(), 1);
+}
+
+/// `n` client connections to `relay` that each sent `head` and then nothing more.
+fn open_slow(relay: &RelayProcess, n: usize, head: &[u8]) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+            s.write_all(head).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// A normal request is answered 200 within 0.9 s; when it started.
+async fn served_at_once(relay: &RelayProcess) -> std::time::Instant {
+    let started = std::time::Instant::now();
+    let ok = post_messages(relay, &message_body("m", false), &[]).await;
+    assert_eq!(ok.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(900));
+    started
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,18 +443,12 @@ async fn slowloris_connections_are_closed_at_the_header_deadline_while_others_ar
     use std::io::Write;
     let (mock, relay) = relay_with("  client_header_timeout_ms: 1000\n").await;
     // 200 clients start a header; half of them keep dripping a byte every 200 ms.
-    let mut slow: Vec<std::net::TcpStream> = (0..200)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
-            s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
-    let started = std::time::Instant::now();
-    let ok = post_messages(&relay, &message_body("m", false), &[]).await;
-    assert_eq!(ok.status(), 200);
-    assert!(started.elapsed() < Duration::from_millis(900));
+    let mut slow = open_slow(
+        &relay,
+        200,
+        b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n",
+    );
+    let started = served_at_once(&relay).await;
     // Counted once accepted (each worker thread accepts on its own): soon, and before their
     // deadline.
     let mut status = get_json(&relay, "/status").await;

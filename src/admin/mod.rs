@@ -35,7 +35,6 @@ pub fn health_body(state: &RuntimeState) -> Bytes {
 fn clients_status(state: &RuntimeState) -> Vec<serde_json::Value> {
     let calendar = crate::clients::budget::Calendar::now();
     let now = crate::pool::clock_ns(std::time::Instant::now());
-    let unix = activity::unix_now().as_secs();
     state
         .clients
         .iter()
@@ -46,7 +45,7 @@ fn clients_status(state: &RuntimeState) -> Vec<serde_json::Value> {
             let [requests, input, output] = c.quota.levels(now);
             let budget = |period: Period, limit: u64| {
                 let budget = c.budget.as_ref().filter(|_| limit > 0)?;
-                let (_, resets_at) = calendar.reset(period, unix);
+                let (_, resets_at) = calendar.reset(period);
                 Some(serde_json::json!({
                     "limit": limit,
                     "used": budget.used(period, &calendar),

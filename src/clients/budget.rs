@@ -12,7 +12,7 @@
 //! in flight together may pass it by what they use.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use time::{Date, Month, OffsetDateTime};
 
@@ -48,6 +48,8 @@ impl Period {
 /// Where a moment falls: its day and month numbers, and when each ends (Unix seconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Calendar {
+    /// The moment, in seconds after the Unix epoch.
+    pub now: u64,
     pub day: u64,
     pub month: u64,
     pub day_ends: u64,
@@ -56,11 +58,7 @@ pub struct Calendar {
 
 impl Calendar {
     pub fn now() -> Calendar {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Calendar::at(secs)
+        Calendar::at(crate::admin::activity::unix_now().as_secs())
     }
 
     /// The calendar at `secs` after the Unix epoch (UTC).
@@ -78,6 +76,7 @@ impl Calendar {
             .map(|d| d.midnight().assume_utc().unix_timestamp().max(0) as u64)
             .unwrap_or(u64::MAX);
         Calendar {
+            now: secs,
             day,
             month: month_number(year, month),
             day_ends: (day + 1) * 86_400,
@@ -92,14 +91,14 @@ impl Calendar {
         }
     }
 
-    /// When `period` ends, as seconds from `now_secs`, and as the instant (`2026-12-01T00:00:00Z`).
-    pub fn reset(&self, period: Period, now_secs: u64) -> (Duration, String) {
+    /// When `period` ends, as the time from now, and as the instant (`2026-12-01T00:00:00Z`).
+    pub fn reset(&self, period: Period) -> (Duration, String) {
         let ends = match period {
             Period::Day => self.day_ends,
             Period::Month => self.month_ends,
         };
         (
-            Duration::from_secs(ends.saturating_sub(now_secs)),
+            Duration::from_secs(ends.saturating_sub(self.now)),
             utc(ends),
         )
     }

@@ -13,8 +13,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::auth;
 use super::ctx::{ConcurrencySlot, RequestCtx};
 use super::errors::{whole_seconds, ApiError};
@@ -196,11 +194,7 @@ pub fn client_quota(ctx: &mut RequestCtx, state: &RuntimeState) -> Step {
             if value == 0 || used < value {
                 continue;
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            let (retry_after, resets_at) = calendar.reset(period, now);
+            let (retry_after, resets_at) = calendar.reset(period);
             METRICS.client_refusal(client.name(), period.field());
             return ApiError::ClientBudget {
                 client: client.name().to_owned(),
