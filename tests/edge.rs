@@ -292,7 +292,6 @@ async fn an_idle_kept_alive_connection_is_closed_after_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
-    use std::io::Write;
     let (mock, relay) = relay_with("  client_body_timeout_ms: 1000\n").await;
     let slow = open_slow(
         &relay,
@@ -301,7 +300,7 @@ async fn a_body_that_stops_arriving_gets_408_while_others_are_served() {
           content-length: 100\r\n\r\n{\"model\":",
     );
     // Meanwhile a normal request is served at once.
-    let started = served_at_once(&relay).await;
+    served_at_once(&relay).await;
     tokio::task::block_in_place(|| {
         for mut s in slow {
             let (closed, answer) = read_until_closed(&mut s, Duration::from_secs(3));
