@@ -48,14 +48,15 @@ deps-test:
 
 deps: deps-build deps-test
 
+# The `dist` profile (Cargo.toml): release with fat LTO, the binary to run and measure.
 build: deps-build
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --profile dist --workspace --bins
 
 # Runs the relay: with CONFIG=path, that file; otherwise ./cc-relay.yaml,
 # ~/.config/cc-relay/config.yaml, or the embedded default (127.0.0.1:8787, Anthropic,
 # ANTHROPIC_API_KEY when set, else the client's own credentials pass through).
 run: build
-	./target/release/cc-relay serve $(if $(CONFIG),--config $(CONFIG))
+	./target/dist/cc-relay serve $(if $(CONFIG),--config $(CONFIG))
 
 test: deps
 	$(CARGO) test --release --workspace

@@ -34,7 +34,8 @@
 #      SCENARIOS (subset of: json-2k sse-2k sse-76k paced-json paced-sse),
 #      MEM (1 = run mem-sse), MEM_STREAMS (1000), MEM_DURATION (15), MEM_INTERVAL_MS (100),
 #      SOAK (0), SOAK_DURATION (60), ACCESS_LOG (0), TARGET_ORDER (the targets, reordered), OUT (results), PLOT (extra copy of the plot, e.g. docs/x.png),
-#      RELAY_BIN (the relay binary to test; default target/release/cc-relay: A/B two builds)
+#      PROFILE (the cargo profile of every binary; default dist, as `make build`),
+#      RELAY_BIN (the relay binary to test; default target/$PROFILE/cc-relay: A/B two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,7 +46,7 @@ source scripts/lib.sh
 OVERRIDES=""
 for v in DURATION REPS CONNS RATE PACE_CONNS THREADS MOCK_THREADS WRK_THREADS LATENCY_MS EVENTS \
   SCENARIOS MEM MEM_STREAMS MEM_DURATION MEM_INTERVAL_MS SOAK SOAK_DURATION RELAY_BIN ACCESS_LOG \
-  TARGET_ORDER; do
+  TARGET_ORDER PROFILE; do
   [ -n "${!v+x}" ] && OVERRIDES+="$v='${!v}' "
 done
 
@@ -96,11 +97,13 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
     python3 -m pip install -q --break-system-packages matplotlib 2>/dev/null ||
     log "matplotlib unavailable: the report will have no plot"
 fi
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+PROFILE=${PROFILE:-dist}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 RELAY_BIN=${RELAY_BIN:-$BIN/cc-relay}
-# Always through cargo (a no-op when up to date): a stale binary would measure old code.
-log "building release binaries and the bare Pingora proxy (examples/bare_pingora.rs)"
-cargo build --release --workspace --bins --example bare_pingora
+# Always through cargo (a no-op when up to date): a stale binary would measure old code. The
+# bare Pingora proxy and the mock are built with the same profile as the relay.
+log "building the $PROFILE binaries and the bare Pingora proxy (examples/bare_pingora.rs)"
+cargo build --profile "$PROFILE" --workspace --bins --example bare_pingora
 PINGORA_BIN=$BIN/examples/bare_pingora
 
 # 1,000 streams need ~2,000 descriptors in the relay and as many in wrk and the mock.
@@ -286,7 +289,18 @@ hwm_kb() {
   done
   echo "$t"
 }
-reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+# Minor page faults (field 10 of /proc/PID/stat) summed over the given pids.
+minflt() {
+  local t=0 p stat
+  for p in "$@"; do
+    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    set -- $stat
+    t=$((t + ${8}))
+  done
+  echo "$t"
+}
+reset_hwm() { local p; for p in "$@"; do { echo 5 >"/proc/$p/clear_refs"; } 2>/dev/null || true; done; }
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$MOCK_PORT/v1/messages" ;;
@@ -315,6 +329,8 @@ run_one() {
   local l0 l1; l0=$(cpu_ticks "$RELAYLOG_PID")
   local r0 g0 n0 m0; r0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks "$PINGORA_PID")
   n0=$(cpu_ticks $np); m0=$(cpu_ticks "$MOCK_PID")
+  local fr0 fg0 fn0 fl0; fr0=$(minflt "$RELAY_PID"); fg0=$(minflt "$PINGORA_PID")
+  fn0=$(minflt $np); fl0=$(minflt "$RELAYLOG_PID")
   local out
   out=$(LOAD_BODY="$DIR/$body.json" LOAD_PACE_MS="$pace" LOAD_EVENT_INTERVAL_MS="$interval" \
     LOAD_EVENTS="$events" wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 30s \
@@ -322,11 +338,14 @@ run_one() {
   l1=$(cpu_ticks "$RELAYLOG_PID")
   local r1 g1 n1 m1; r1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks "$PINGORA_PID")
   n1=$(cpu_ticks $np); m1=$(cpu_ticks "$MOCK_PID")
+  local fr1 fg1 fn1 fl1; fr1=$(minflt "$RELAY_PID"); fg1=$(minflt "$PINGORA_PID")
+  fn1=$(minflt $np); fl1=$(minflt "$RELAYLOG_PID")
   local wrk_json; wrk_json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
   [ -n "$wrk_json" ] || die "no result from wrk: $out"
-  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d},"hwm_kb":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d}}\n' \
+  printf '{"scenario":"%s","target":"%s","rep":%d,"body":"%s","conns":%d,"duration_s":%s,"pace_ms":%d,"wrk":%s,"cpu_ticks":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d},"minflt":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d},"hwm_kb":{"relay":%d,"relay-log":%d,"pingora":%d,"nginx":%d,"mock":%d}}\n' \
     "$scenario" "$target" "$rep" "$body" "$conns" "$dur" "$pace" "$wrk_json" \
     $((r1 - r0)) $((l1 - l0)) $((g1 - g0)) $((n1 - n0)) $((m1 - m0)) \
+    $((fr1 - fr0)) $((fl1 - fl0)) $((fg1 - fg0)) $((fn1 - fn0)) \
     "$(hwm_kb "$RELAY_PID")" "$(hwm_kb "$RELAYLOG_PID")" "$(hwm_kb "$PINGORA_PID")" "$(hwm_kb $np)" "$(hwm_kb "$MOCK_PID")" >>"$RUNS"
   python3 - "$RUNS" <<'PY' >&2
 import json, sys
@@ -419,7 +438,7 @@ cat >"$DIR/meta.json" <<JSON
 {"timestamp":"$TS","command":"${OVERRIDES}bash scripts/load.sh","duration_s":$DURATION,"reps":$REPS,
  "rate":$RATE,"pace_conns":$PACE_CONNS,"pace_ms":$PACE_MS,"threads":$THREADS,
  "mock_threads":$MOCK_THREADS,"wrk_threads":$WRK_THREADS,"latency_ms":$LATENCY_MS,"events":$EVENTS,
- "mem_streams":$MEM_STREAMS,"clk_tck":$CLK_TCK,"nproc":$(nproc),
+ "mem_streams":$MEM_STREAMS,"profile":"$PROFILE","clk_tck":$CLK_TCK,"nproc":$(nproc),
  "relay_bin":"$RELAY_BIN","relay_idle_rss_kb":${RELAY_IDLE_KB:-null},
  "pingora_bin":"$PINGORA_BIN","pingora_idle_rss_kb":${PINGORA_IDLE_KB:-null},
  "loadavg_start":"$LOADAVG_START","loadavg_end":"$(cut -d' ' -f1-3 /proc/loadavg)","relay_log_errors":$RELAY_LOG_ERRORS,"relay_log_other":$RELAY_LOG_OTHER,

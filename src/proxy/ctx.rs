@@ -301,3 +301,18 @@ impl Default for RequestCtx {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The context lives inside Pingora's per-request future, which is allocated (and moved
+    /// twice) for every request. Issue 15 measured it at 736 bytes against a 14.5 KB future
+    /// (lever 6: boxing half of it would save ~800 bytes of memcpy, ~0.5% of the instructions
+    /// per request; not done); this fails when it grows past 768 bytes, so growth is a decision.
+    #[test]
+    fn the_request_context_stays_small() {
+        let size = std::mem::size_of::<RequestCtx>();
+        assert!(size <= 768, "RequestCtx is {size} bytes");
+    }
+}
