@@ -53,12 +53,7 @@ if [ "$MODE" = sse ]; then
 else
   python3 scripts/load_body.py small >"$DIR/body.json"
 fi
-cat >"$DIR/load.lua" <<LUA
-local f = assert(io.open("$DIR/body.json", "rb"))
-wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
-wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
-LUA
+write_wrk_post_script "$DIR/load.lua" "$DIR/body.json"
 URL="http://127.0.0.1:$RELAY_PORT/v1/messages"
 wrk -t1 -c"$CONNS" -d2s -s "$DIR/load.lua" "$URL" >/dev/null # warm-up
 wrk -t1 -c"$CONNS" -d"$((SECONDS_UNDER_LOAD + 2))s" -s "$DIR/load.lua" "$URL" >"$DIR/wrk.txt" &

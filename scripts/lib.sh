@@ -60,3 +60,13 @@ stop_pids() {
     wait "$p" 2>/dev/null || true
   done
 }
+
+# write_wrk_post_script LUA BODY: a wrk script that POSTs the JSON file BODY as a Messages request.
+write_wrk_post_script() {
+  cat >"$1" <<LUA
+local f = assert(io.open("$2", "rb"))
+wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+LUA
+}

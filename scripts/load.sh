@@ -270,13 +270,16 @@ LUA
 CLK_TCK=$(getconf CLK_TCK)
 nginx_pids() { echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true); }
 # utime+stime (ticks) summed over the given pids.
-cpu_ticks() {
-  local t=0 p stat
+cpu_ticks() { stat_sum "14 15" "$@"; }
+# Fields of /proc/PID/stat (numbered as in proc(5)) summed over the given pids.
+stat_sum() {
+  local fields=$1 t=0 p stat f
+  local -a v
+  shift
   for p in "$@"; do
     stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-    stat=${stat##*) }            # fields after "(comm) "
-    set -- $stat
-    t=$((t + ${12} + ${13}))     # fields 14 and 15 of the full line
+    read -ra v <<<"${stat##*) }" # fields from 3 on: after "(comm) "
+    for f in $fields; do t=$((t + v[f - 3])); done
   done
   echo "$t"
 }
@@ -289,17 +292,8 @@ hwm_kb() {
   done
   echo "$t"
 }
-# Minor page faults (field 10 of /proc/PID/stat) summed over the given pids.
-minflt() {
-  local t=0 p stat
-  for p in "$@"; do
-    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-    stat=${stat##*) }
-    set -- $stat
-    t=$((t + ${8}))
-  done
-  echo "$t"
-}
+# Minor page faults summed over the given pids.
+minflt() { stat_sum 10 "$@"; }
 reset_hwm() { local p; for p in "$@"; do { echo 5 >"/proc/$p/clear_refs"; } 2>/dev/null || true; done; }
 url_of() {
   case $1 in

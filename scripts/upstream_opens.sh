@@ -24,12 +24,7 @@ env -u RUST_LOG -u ANTHROPIC_API_KEY "$RELAY_BIN" serve --config "$DIR/relay.yam
 PIDS+=($!)
 wait_port "$MOCK_PORT" && wait_port "$RELAY_PORT"
 python3 scripts/load_body.py small >"$DIR/body.json"
-cat >"$DIR/post.lua" <<LUA
-local f = assert(io.open("$DIR/body.json", "rb"))
-wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
-wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
-LUA
+write_wrk_post_script "$DIR/post.lua" "$DIR/body.json"
 active_opens() { awk '/^Tcp:/ { n++; if (n == 2) print $6 }' /proc/net/snmp; }
 URL="http://127.0.0.1:$RELAY_PORT/v1/messages"
 max_conns=$(tr ' ' '\n' <<<"$CONNS" | sort -n | tail -1)
