@@ -22,7 +22,8 @@ deps-build:
 # The end-to-end SDK test drives the relay with the official Anthropic Python SDK; the TLS test
 # makes its certificates with the openssl CLI; the status page test loads /ui in headless
 # Chromium; the switching test runs Claude Code's CLI (from npm) with the settings
-# `config cc init` wrote.
+# `config cc init` wrote; the shared_state tests run a real redis-server (each test starts its
+# own on a free loopback port, without persistence).
 deps-test:
 	@command -v openssl >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -42,6 +43,11 @@ deps-test:
 			$$SUDO apt-get update -qq && \
 			DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }; \
 		npm install --silent --no-fund --no-audit --prefix target/claude-code @anthropic-ai/claude-code; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (the shared_state tests start their own on loopback)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@$(PYTHON) -c "import prometheus_client" 2>/dev/null || { \
 		echo "installing prometheus_client (its parser checks the relay's metrics in a test)"; \
 		$(PYTHON) -m pip install -q prometheus_client || $(PYTHON) -m pip install -q --break-system-packages prometheus_client; }

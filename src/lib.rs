@@ -14,4 +14,5 @@ pub mod pool;
 pub mod providers;
 pub mod proxy;
 pub mod routing;
+pub mod shared;
 pub mod usage;

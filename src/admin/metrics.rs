@@ -34,6 +34,9 @@ const OVERHEAD_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
 ];
 
+/// `shared_state`'s admission round trip (a histogram the store keeps, `crate::shared`).
+pub const SHARED_ADMISSION_SECONDS: &str = "cc_relay_shared_admission_seconds";
+
 /// How a request ended, for `cc_relay_requests_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -553,6 +556,77 @@ impl StateCollector<'_> {
             &circuit,
             &generation,
         ];
-        collectors.iter().flat_map(|c| c.collect()).collect()
+        let mut families: Vec<MetricFamily> = collectors.iter().flat_map(|c| c.collect()).collect();
+        if let Some(store) = crate::shared::installed() {
+            families.extend(shared_state_families(store));
+        }
+        families
     }
+}
+
+/// `shared_state`: the store's connection, breaker, relays and admissions.
+fn shared_state_families(store: &crate::shared::Store) -> Vec<MetricFamily> {
+    let s = store.status();
+    let gauge = |name: &str, help: &str, value: i64| {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        g.set(value);
+        g.collect()
+    };
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "cc_relay_shared_admissions_total",
+            "Admissions through the shared store, by outcome (admitted, refused; local: made \
+             at this relay's share while the breaker was open; error, timeout: the store \
+             failed).",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    for (outcome, n) in [
+        ("admitted", s.admitted),
+        ("refused", s.refused),
+        ("local", s.local_admissions),
+        ("error", s.errors),
+        ("timeout", s.timeouts),
+    ] {
+        counter.with_label_values(&[outcome]).inc_by(n);
+    }
+    let ops = IntCounterVec::new(
+        Opts::new(
+            "cc_relay_shared_ops_lost_total",
+            "Settlements and lessons that never reached the store (dropped: queue full; \
+             failed: after retries). Their reservations come back when their lease runs out.",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    ops.with_label_values(&["dropped"]).inc_by(s.dropped);
+    ops.with_label_values(&["failed"]).inc_by(s.op_failures);
+    let mut families = Vec::new();
+    families.extend(gauge(
+        "cc_relay_shared_connected",
+        "1 when a connection to the shared store exists.",
+        i64::from(s.connected),
+    ));
+    families.extend(gauge(
+        "cc_relay_shared_breaker_open",
+        "1 while the shared store's breaker is open (each relay keeps to its share).",
+        i64::from(s.breaker == "open"),
+    ));
+    families.extend(gauge(
+        "cc_relay_shared_relays",
+        "Relays alive at the last heartbeat.",
+        i64::from(s.relays),
+    ));
+    let opened = IntCounter::new(
+        "cc_relay_shared_breaker_opened_total",
+        "Times the shared store's breaker opened.",
+    )
+    .expect("valid metric");
+    opened.inc_by(s.breaker_opened);
+    families.extend(opened.collect());
+    families.extend(counter.collect());
+    families.extend(ops.collect());
+    families.extend(store.stats().latency_families());
+    families
 }

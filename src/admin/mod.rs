@@ -133,6 +133,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "slots": shared.activity.slots(now.as_secs()),
             },
             "recent_errors": recent_errors,
+            "shared_state": crate::shared::installed().map(|store| store.status()),
         })
         .to_string(),
     )

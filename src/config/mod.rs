@@ -13,6 +13,7 @@ mod error;
 mod expand;
 mod load;
 mod raw;
+mod shared_state;
 mod startup;
 mod types;
 mod validate;

@@ -35,6 +35,17 @@ pub(crate) struct RawConfig {
     pub metrics: RawMetrics,
     pub logging: RawLogging,
     pub clients: Vec<RawClient>,
+    pub shared_state: Option<RawSharedState>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawSharedState {
+    pub redis_url: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub namespace: Option<String>,
+    pub min_relays: Option<i64>,
+    pub lease_seconds: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -234,6 +245,16 @@ pub(crate) static TOP: Node = Map(&[
     ("grpc", GoIgnored),
     ("metrics", METRICS),
     ("clients", List(&CLIENT)),
+    ("shared_state", SHARED_STATE),
+]);
+
+/// `shared_state`: key budgets and cooldowns shared by many relays through Redis or Valkey.
+const SHARED_STATE: Node = Map(&[
+    ("redis_url", Str),
+    ("timeout_ms", Int),
+    ("namespace", Str),
+    ("min_relays", Int),
+    ("lease_seconds", Int),
 ]);
 
 /// `clients[]`: who may use the relay, with their own key, allow-lists, quotas and budgets.

@@ -14,6 +14,22 @@ pub struct StartupSetting {
 
 pub const STARTUP_SETTINGS: &[StartupSetting] = &[
     StartupSetting {
+        // The connection to the store lives as long as the process; the URL is a secret and is
+        // never shown, the rest is.
+        field: "shared_state",
+        show: |c| match &c.shared_state {
+            None => "off".to_owned(),
+            Some(s) => format!(
+                "namespace {}, timeout {} ms, min_relays {}, lease {} s",
+                s.namespace,
+                s.timeout.as_millis(),
+                s.min_relays,
+                s.lease.as_secs()
+            ),
+        },
+        pin: |new, running| new.shared_state = running.shared_state.clone(),
+    },
+    StartupSetting {
         field: "server.listen",
         show: |c| c.server.listen.to_string(),
         pin: |new, running| new.server.listen = running.server.listen,

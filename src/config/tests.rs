@@ -843,7 +843,7 @@ fn unknown_key_is_an_error_with_its_path() {
     assert!(
         e.starts_with(
             "colour: unknown field (expected one of: server, providers, routing, logging, health, \
-             metrics, clients)"
+             metrics, clients, shared_state)"
         ),
         "{e}"
     );
@@ -1749,4 +1749,45 @@ fn client_mistakes_are_named_by_position_never_by_key() {
     for secret in ["ka", "kd", "shared"] {
         assert!(!errs.iter().any(|e| e.contains(&format!(" {secret} "))));
     }
+}
+
+#[test]
+fn shared_state_defaults_and_variables() {
+    let c = load_env(
+        "shared_state:\n  redis_url: \"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0\"\n",
+        &[("REDIS_PASSWORD", "hunter2")],
+    )
+    .unwrap()
+    .0;
+    let s = c.shared_state.expect("configured");
+    assert_eq!(s.redis_url.expose(), "redis://:hunter2@127.0.0.1:6379/0");
+    assert_eq!(s.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(s.namespace, "cc-relay");
+    assert_eq!(s.min_relays, 1);
+    assert!(
+        !format!("{s:?}").contains("hunter2"),
+        "the URL's password is a secret"
+    );
+    assert!(load("providers: []\n").shared_state.is_none());
+}
+
+#[test]
+fn shared_state_errors_name_the_field_and_never_the_url() {
+    let e = errors("shared_state:\n  redis_url: \"http://:hunter2@host\"\n");
+    assert!(e[0].contains("shared_state.redis_url"), "{e:?}");
+    assert!(!e.join("\n").contains("hunter2"), "{e:?}");
+    let e = errors("shared_state:\n  timeout_ms: 5\n");
+    assert!(
+        e[0].contains("shared_state.redis_url") && e[0].contains("required"),
+        "{e:?}"
+    );
+    let e = errors(
+        "shared_state:\n  redis_url: redis://h:6379\n  timeout_ms: 0\n  namespace: \"a b\"\n  min_relays: 0\n",
+    );
+    let all = e.join("\n");
+    for field in ["timeout_ms", "namespace", "min_relays"] {
+        assert!(all.contains(&format!("shared_state.{field}")), "{all}");
+    }
+    let e = errors("shared_state:\n  redis_url: redis://h:6379\n  redis_pasword: x\n");
+    assert!(e[0].contains("shared_state.redis_pasword"), "{e:?}");
 }

@@ -24,6 +24,25 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// `clients`: the relay's clients, each with its own key (empty: `server.auth` alone).
     pub clients: Vec<ClientConfig>,
+    /// `shared_state`: key budgets and cooldowns kept in Redis for many relays (absent: each
+    /// relay keeps its own, in memory).
+    pub shared_state: Option<SharedStateConfig>,
+}
+
+/// `shared_state`: where the relays that share the keys keep their budgets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedStateConfig {
+    /// `redis://` or `rediss://` (TLS); may hold a password, hence a secret.
+    pub redis_url: Secret,
+    /// How long an admission waits for the store before the relay treats it as down.
+    pub timeout: Duration,
+    /// Prefix of every key the relay writes, so several pools can share one server.
+    pub namespace: String,
+    /// While the store is down each relay keeps to 1/N of every key, N being the relays last
+    /// seen alive, never fewer than this.
+    pub min_relays: u32,
+    /// A reservation never settled (its relay died) stops counting as in flight after this.
+    pub lease: Duration,
 }
 
 /// One of `clients`: who it is, how it authenticates, what it may use and how much.

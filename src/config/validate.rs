@@ -80,6 +80,7 @@ pub(crate) fn validate(
     let metrics = metrics(raw.metrics, &mut c);
     let logging = logging(raw.logging, &mut c);
     let clients = super::clients::clients(raw.clients, &providers, &server.auth, &mut c);
+    let shared_state = super::shared_state::shared_state(raw.shared_state, &mut c);
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -89,6 +90,7 @@ pub(crate) fn validate(
             metrics,
             logging,
             clients,
+            shared_state,
         })
     } else {
         Err(c.errors)

@@ -143,7 +143,12 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let pid_file = cfg.server.pid_file.clone();
     let upgrade_sock = cfg.server.upgrade_sock.clone();
     let conf = server_conf(&cfg);
+    let store = cfg.shared_state.as_ref().map(crate::shared::install);
     let state = shared(RuntimeState::build(cfg, None));
+    if let Some(store) = &store {
+        // Nothing is shared until the store answers: meanwhile each key is kept to a share.
+        store.apply_share(&state.current.load());
+    }
 
     let opt = Opt {
         upgrade,
@@ -190,6 +195,15 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
             state.clone(),
             listen,
             metrics_endpoint,
+        ));
+    }
+    if let Some(store) = store {
+        server.add_service(background_service(
+            "cc-relay shared state",
+            crate::shared::StoreTask {
+                store,
+                state: state.clone(),
+            },
         ));
     }
     server.add_service(background_service(

@@ -30,6 +30,10 @@ pub fn reload_from(state: &SharedState, path: &Path) -> Result<(), String> {
         state.sessions.store(Arc::new(table));
     }
     let next = RuntimeState::build(new_cfg, Some(&old));
+    if let Some(store) = crate::shared::installed() {
+        // New keys keep to the share the store's breaker calls for, like the others.
+        store.apply_share(&next);
+    }
     let generation = next.generation;
     state.current.store(Arc::new(next));
     state.last_reload_error.store(None);

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use super::clock::{duration_ns, WINDOW_NS};
 use super::headers::LimitHeaders;
 
+/// `Bucket::share_ppm` of a bucket that may use the whole limit.
+pub(crate) const FULL_SHARE: u64 = 1_000_000;
+
 /// A token's cost is kept as nanoseconds × 2^16 so that the hot path multiplies instead of
 /// dividing; 16 fractional bits keep the rounding error below 2^-16 ns per token.
 const FP_SHIFT: u32 = 16;
@@ -41,8 +44,14 @@ pub(crate) struct Bucket {
     hold: AtomicU64,
     /// Cost of one token in ns << FP_SHIFT; 0 = limit unknown, the dimension does not constrain.
     cost_fp: AtomicU64,
-    /// Effective limit: the lower of the configured and the learned one that are known.
+    /// Effective limit: the lower of the configured and the learned one that are known, times
+    /// the share.
     limit: AtomicU64,
+    /// The effective limit before the share is applied: what the whole key grants.
+    whole: AtomicU64,
+    /// The part of the limit this process may use, in millionths: all of it, except while the
+    /// shared store (`shared_state`) is unreachable and each relay keeps to its share.
+    share_ppm: AtomicU64,
     configured: AtomicU64,
     learned: AtomicU64,
     /// Bumped each time the upstream's `remaining` overwrites the bucket.
@@ -60,6 +69,8 @@ impl Bucket {
             hold: AtomicU64::new(0),
             cost_fp: AtomicU64::new(0),
             limit: AtomicU64::new(0),
+            whole: AtomicU64::new(0),
+            share_ppm: AtomicU64::new(FULL_SHARE),
             configured: AtomicU64::new(configured),
             learned: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -73,6 +84,32 @@ impl Bucket {
     #[inline]
     pub fn limit(&self) -> u64 {
         self.limit.load(Relaxed)
+    }
+
+    /// The effective limit of the whole key, whatever this process's share of it.
+    #[inline]
+    pub fn whole_limit(&self) -> u64 {
+        self.whole.load(Relaxed)
+    }
+
+    /// Keep to `ppm` millionths of the limit (`FULL_SHARE`: all of it). The debt is time, so
+    /// the fraction of the bucket in use is kept: a bucket half used stays half used, of the
+    /// smaller limit.
+    pub fn set_share(&self, ppm: u64) {
+        let ppm = ppm.clamp(1, FULL_SHARE);
+        if self.share_ppm.swap(ppm, Relaxed) != ppm {
+            self.apply_limits();
+        }
+    }
+
+    /// `units` of the whole key, as units of this process's share.
+    fn scaled(&self, units: u64) -> u64 {
+        let ppm = self.share_ppm.load(Relaxed);
+        if ppm >= FULL_SHARE {
+            units
+        } else {
+            (units as u128 * ppm as u128 / FULL_SHARE as u128) as u64
+        }
     }
 
     pub fn set_configured(&self, limit: u64) {
@@ -92,10 +129,17 @@ impl Bucket {
     fn apply_limits(&self) {
         let configured = self.configured.load(Relaxed);
         let learned = self.learned.load(Relaxed);
-        let limit = match (configured, learned) {
+        let whole = match (configured, learned) {
             (0, l) | (l, 0) => l,
             (c, l) => c.min(l),
         };
+        // A share never rounds a known limit down to "unknown".
+        let limit = if whole == 0 {
+            0
+        } else {
+            self.scaled(whole).max(1)
+        };
+        self.whole.store(whole, Relaxed);
         let cost_fp = if limit == 0 {
             0
         } else {
@@ -141,6 +185,18 @@ impl Bucket {
     /// Reserve `tokens` (capped at the limit) if they fit now.
     #[inline]
     pub fn reserve(&self, tokens: u64, now: u64) -> Option<Charge> {
+        self.take(tokens, now, true)
+    }
+
+    /// Reserve `tokens` (capped at the limit) whether or not they fit: the shared store, which
+    /// sees every relay's use of the key, has already admitted them.
+    pub fn reserve_admitted(&self, tokens: u64, now: u64) -> Charge {
+        self.take(tokens, now, false)
+            .expect("an unenforced reservation always succeeds")
+    }
+
+    #[inline(always)]
+    fn take(&self, tokens: u64, now: u64, enforce: bool) -> Option<Charge> {
         // Read before the CAS: should a sync land in between, the charge counts as already
         // synced and is never refunded, which errs toward less budget, not more.
         let epoch = if self.counted_on_arrival {
@@ -158,7 +214,7 @@ impl Bucket {
         let mut tat = self.tat.load(Relaxed);
         loop {
             let next = tat.max(now).saturating_add(cost);
-            if next > deadline {
+            if enforce && next > deadline {
                 return None;
             }
             if cost == 0 {
@@ -246,13 +302,18 @@ impl Bucket {
         let Some(remaining) = figures.remaining else {
             return;
         };
+        // The upstream speaks for the whole key; this process may hold only its share of it.
+        // "Nothing left" is the upstream's own zero, not a small balance that rounds to
+        // zero in this process's share.
+        let exhausted = remaining == 0;
+        let remaining = self.scaled(remaining);
         let local = self.remaining(now);
         if self.counted_on_arrival {
             self.epoch.fetch_add(1, Relaxed);
         }
         let reset = figures
             .reset
-            .filter(|_| remaining == 0)
+            .filter(|_| exhausted)
             .map(duration_ns)
             .map(|reset| now.saturating_add(reset));
         self.hold.store(reset.unwrap_or(0), Relaxed);
@@ -272,6 +333,29 @@ impl Bucket {
             }
         };
         self.tat.store(tat, Relaxed);
+    }
+
+    /// Take the shared store's level for this dimension: `debt` ns of the window in use, as
+    /// the store computed it for every relay together (this process's reservations included).
+    pub fn sync_debt(&self, debt: u64, now: u64) {
+        if self.limit() > 0 {
+            self.tat
+                .store(now.saturating_add(debt.min(2 * WINDOW_NS)), Relaxed);
+        }
+    }
+
+    /// The debt at `now` in ns: the part of the window in use (0 when full or unknown).
+    pub fn debt(&self, now: u64) -> u64 {
+        if self.limit() == 0 {
+            return 0;
+        }
+        self.tat.load(Relaxed).saturating_sub(now)
+    }
+
+    /// Forget a hold: something that counts every relay's use (the shared store) now keeps this
+    /// balance, empty and refilling, instead of a wait until the upstream's reset.
+    pub fn clear_hold(&self) {
+        self.hold.store(0, Relaxed);
     }
 
     /// Until when the upstream's "nothing left until the reset" applies (0: it does not).

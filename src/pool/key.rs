@@ -173,6 +173,26 @@ impl KeyCore {
         Some([requests, input, output])
     }
 
+    /// Reserve the demand whatever the buckets say: the shared store admitted it, seeing every
+    /// relay's use of the key (this process's view may lag behind the others' refunds).
+    pub fn reserve_admitted(&self, demand: &Demand, now: u64) -> [Charge; 3] {
+        let output = self.output_reservation(demand.max_tokens);
+        let charges = [
+            self.buckets[REQUESTS].reserve_admitted(1, now),
+            self.buckets[INPUT].reserve_admitted(demand.input_tokens, now),
+            self.buckets[OUTPUT].reserve_admitted(output, now),
+        ];
+        self.flight.fetch_add(flight_unit(charges[OUTPUT]), Relaxed);
+        charges
+    }
+
+    /// Keep to `ppm` millionths of each limit (see `Bucket::set_share`).
+    pub fn set_share(&self, ppm: u64) {
+        for bucket in &self.buckets {
+            bucket.set_share(ppm);
+        }
+    }
+
     pub fn settle(&self, charges: &[Charge; 3], usage: Settlement, now: u64) {
         self.buckets[REQUESTS].settle(charges[REQUESTS], 1, now);
         self.buckets[INPUT].settle(charges[INPUT], usage.input_tokens, now);
@@ -313,6 +333,56 @@ impl KeyState {
         self.core.held_until.store(held, Relaxed);
         let hint = reset_hint(&figures).map_or(0, |reset| now.saturating_add(duration_ns(reset)));
         self.core.reset_hint.store(hint, Relaxed);
+    }
+
+    /// The limits of the whole key per dimension (requests, input, output; 0 = unknown),
+    /// whatever share of them this process keeps to.
+    pub fn whole_limits(&self) -> [u64; 3] {
+        self.core.buckets.each_ref().map(Bucket::whole_limit)
+    }
+
+    /// Each dimension's debt (ns of the window in use) at `now`.
+    pub fn debts_at(&self, now: Instant) -> [u64; 3] {
+        let now = ns(now);
+        self.core.buckets.each_ref().map(|b| b.debt(now))
+    }
+
+    /// Take the shared store's levels (ns of each window in use, every relay counted).
+    pub fn sync_debts_at(&self, debts: [u64; 3], now: Instant) {
+        let now = ns(now);
+        for (bucket, debt) in self.core.buckets.iter().zip(debts) {
+            bucket.sync_debt(debt, now);
+        }
+    }
+
+    /// `keys[].max_concurrent` (0: no cap).
+    pub fn max_in_flight(&self) -> u64 {
+        self.core.max_in_flight.load(Relaxed)
+    }
+
+    /// Output tokens a request with this `max_tokens` (0: none given) reserves on this key.
+    pub fn output_reservation(&self, max_tokens: u64) -> u64 {
+        self.core.output_reservation(max_tokens)
+    }
+
+    /// The latest cooldown or hold still running at `now`, in ns from `now` (0: none).
+    pub fn benched_for_at(&self, now: Instant) -> u64 {
+        let now = ns(now);
+        self.core
+            .cooldown_until
+            .load(Relaxed)
+            .max(self.core.held_until.load(Relaxed))
+            .saturating_sub(now)
+    }
+
+    /// Drop the holds the upstream's `remaining: 0` set: with `shared_state` the store keeps
+    /// that balance for every relay (empty, refilling), and a local hold would only keep this
+    /// relay from a key the others may use as soon as it refills.
+    pub fn clear_holds(&self) {
+        for bucket in &self.core.buckets {
+            bucket.clear_hold();
+        }
+        self.core.held_until.store(0, Relaxed);
     }
 
     /// Upstream said 429. `retry_after` from the response; without it, the reset the most recent

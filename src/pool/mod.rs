@@ -27,12 +27,12 @@ mod tests;
 use std::time::Duration;
 
 // The GCRA bucket, its clock and the output estimate serve the clients' own quotas too.
-pub(crate) use bucket::{Bucket, Charge};
+pub(crate) use bucket::{Bucket, Charge, FULL_SHARE};
 pub(crate) use clock::ns as clock_ns;
 pub(crate) use estimate::OutputEstimate;
 pub use headers::{parse_retry_after, LimitHeaders, RateLimitHeaders};
 pub use key::{DimensionSnapshot, KeySnapshot, KeyState};
-pub use reservation::Reservation;
+pub use reservation::{Lease, Reservation};
 pub use select::KeyPool;
 
 /// How a key is chosen among the keys of the highest priority tier that can admit a request.

@@ -8,6 +8,14 @@ use super::clock::ns;
 use super::key::{KeyState, INPUT, OUTPUT};
 use super::Settlement;
 
+/// A hold on the same budget kept outside this process (the shared store of `shared_state`),
+/// which has to hear how the reservation ended. The pool stays free of I/O: ending a lease only
+/// hands it over (to a queue), it never waits.
+pub trait Lease: Send + Sync {
+    /// `used`: what the request really cost; `None`: it never got a real answer (released).
+    fn end(self: Box<Self>, used: Option<Settlement>);
+}
+
 /// Holds an `Arc<KeyState>`, so settling still reaches the key's budget after a reload swapped
 /// the pool. Dropping it unsettled gives everything back, like [`Reservation::release`], so a
 /// panic or a cancelled request cannot leak budget.
@@ -16,6 +24,7 @@ pub struct Reservation {
     index: usize,
     charges: [Charge; 3],
     done: bool,
+    lease: Option<Box<dyn Lease>>,
 }
 
 impl Reservation {
@@ -25,7 +34,19 @@ impl Reservation {
             index,
             charges,
             done: false,
+            lease: None,
         }
+    }
+
+    /// Tie a hold kept elsewhere to this reservation: it ends when this one does, the same way
+    /// (settled, released or dropped).
+    pub fn attach_lease(&mut self, lease: Box<dyn Lease>) {
+        self.lease = Some(lease);
+    }
+
+    /// Whether a hold kept elsewhere is tied to this reservation.
+    pub fn has_lease(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// The key's index in the pool it was acquired from (what `tried` takes).
@@ -55,6 +76,9 @@ impl Reservation {
     pub fn settle_at(mut self, usage: Settlement, now: Instant) {
         self.done = true;
         self.key.core.settle(&self.charges, usage, ns(now));
+        if let Some(lease) = self.lease.take() {
+            lease.end(Some(usage));
+        }
     }
 
     /// The request never got a real answer from the upstream (connect error, 429, 5xx): give
@@ -62,6 +86,9 @@ impl Reservation {
     pub fn release(mut self) {
         self.done = true;
         self.key.core.release(&self.charges);
+        if let Some(lease) = self.lease.take() {
+            lease.end(None);
+        }
     }
 }
 
@@ -69,6 +96,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
             self.key.core.release(&self.charges);
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.end(None);
         }
     }
 }

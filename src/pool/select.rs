@@ -228,6 +228,45 @@ impl KeyPool {
         self.acquire(demand, tried)
     }
 
+    /// Reserve `demand` on key `index` whatever its buckets say: the shared store admitted it
+    /// there, seeing every relay's use of the key.
+    pub fn reserve_admitted(&self, index: usize, demand: &Demand) -> Reservation {
+        let charges = self.cores[index].reserve_admitted(demand, ns(Instant::now()));
+        Reservation::new(self.keys[index].clone(), index, charges)
+    }
+
+    /// Keep to `ppm` millionths of every key's limits (1_000_000: all of it): what a relay may
+    /// use alone while the store that shares the keys among relays cannot be reached.
+    pub fn set_share(&self, ppm: u64) {
+        for core in &self.cores {
+            core.set_share(ppm);
+        }
+    }
+
+    /// Into `out`, after `first`: the other keys outside `tried` that look able to take a
+    /// request now (not disabled, cooling or at a cap, no bucket past full), in the order this
+    /// pool prefers them (higher priority, then more capacity left). Returns how many were
+    /// written. What another relay did to their budgets is not known here: the shared store
+    /// decides among them.
+    pub fn alternatives(&self, first: usize, tried: &[usize], out: &mut [usize]) -> usize {
+        let now = ns(Instant::now());
+        let mut n = 0;
+        for &(start, end) in &self.tiers {
+            let tier_start = n;
+            for &i in &self.order[start..end] {
+                if n == out.len() {
+                    break;
+                }
+                if i != first && !tried.contains(&i) && self.cores[i].screen(now).is_some() {
+                    out[n] = i;
+                    n += 1;
+                }
+            }
+            out[tier_start..n].sort_by_key(|&i| self.cores[i].screen(now).unwrap_or(u64::MAX));
+        }
+        n
+    }
+
     /// The load of the key that could best take `demand` now (lower = more capacity left, as
     /// least-loaded selection compares keys), or `None` when no key can.
     pub fn best_load(&self, demand: &Demand, tried: &[usize]) -> Option<u64> {

@@ -14,7 +14,8 @@ use crate::providers::UpstreamRequest;
 
 use super::auth::RelayCredential;
 use super::errors::ApiError;
-use super::state::ProviderRuntime;
+use super::state::{ProviderRuntime, RuntimeState};
+use crate::shared::Admission;
 
 /// Headers that describe one hop, not the message: never forwarded upstream.
 /// `accept-encoding` is dropped too so responses come back uncompressed and the relay can read
@@ -94,6 +95,42 @@ impl Attempt {
             .map_err(|exhausted| ApiError::pool_refused(provider.name(), exhausted))?;
         self.reservation = Some(reservation);
         Ok(())
+    }
+
+    /// With `shared_state`: have the store confirm the key just reserved locally, or move the
+    /// reservation to the key the store picks among the next best, or refuse when every relay
+    /// together used the keys up. A store that fails leaves the pools at their local share,
+    /// and the key is reserved again under it.
+    pub async fn admit_shared(
+        &mut self,
+        state: &RuntimeState,
+        provider: &ProviderRuntime,
+        demand: &Demand,
+        tried: &[usize],
+        preferred: Option<usize>,
+    ) -> Result<(), ApiError> {
+        let (Some(store), Some(pool)) = (crate::shared::installed(), &provider.pool) else {
+            return Ok(());
+        };
+        if provider.shared_keys.len() != pool.len() {
+            return Ok(());
+        }
+        let Some(first) = self.reservation.take() else {
+            return Ok(());
+        };
+        match store
+            .admit(state, pool, &provider.shared_keys, demand, first, tried)
+            .await
+        {
+            Admission::Granted(reservation) => {
+                self.reservation = Some(reservation);
+                Ok(())
+            }
+            Admission::Refused(exhausted) => {
+                Err(ApiError::pool_refused(provider.name(), exhausted))
+            }
+            Admission::Failed => self.reserve_key(provider, demand, tried, preferred),
+        }
     }
 
     /// Turn the client's request header into this attempt's upstream request: hop-by-hop

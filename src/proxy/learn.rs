@@ -56,4 +56,45 @@ pub fn apply(ctx: &RequestCtx, resp: &ResponseHeader, verdict: Verdict) {
         }
         _ => {}
     }
+    share(attempt, provider, key, &limits, verdict);
+}
+
+/// With `shared_state`, what the response taught reaches every relay: the upstream's
+/// `remaining` figures and a cooldown or hold, off the request path. Only for a reservation the
+/// store admitted (while its breaker is open there is nobody to tell).
+fn share(
+    attempt: &super::attempt::Attempt,
+    provider: &super::state::ProviderRuntime,
+    key: &crate::pool::KeyState,
+    limits: &crate::pool::RateLimitHeaders,
+    verdict: Verdict,
+) {
+    let Some(store) = crate::shared::installed() else {
+        return;
+    };
+    let Some(reservation) = attempt.reservation.as_ref().filter(|r| r.has_lease()) else {
+        return;
+    };
+    let Some(names) = provider.shared_keys.get(reservation.index()) else {
+        return;
+    };
+    key.clear_holds();
+    let either = |own: &crate::pool::LimitHeaders| own.remaining.or(limits.tokens.remaining);
+    let remaining = [
+        limits.requests.remaining,
+        either(&limits.input_tokens),
+        either(&limits.output_tokens),
+    ];
+    // A 429 or a 403 benches the key for every relay. A `remaining: 0` is not shared as a
+    // bench: the store counts that balance as empty and refilling, which is what it is.
+    let bench = match verdict {
+        Verdict::RateLimited | Verdict::Forbidden => key.benched_for_at(std::time::Instant::now()),
+        _ => 0,
+    };
+    store.learn(
+        names,
+        key.whole_limits(),
+        remaining,
+        std::time::Duration::from_nanos(bench),
+    );
 }

@@ -483,6 +483,10 @@ impl ProxyHttp for Relay {
         attempt
             .reserve_key(provider, &ctx.demand, &skipped, preferred)
             .map_err(errors::answer)?;
+        attempt
+            .admit_shared(&state, provider, &ctx.demand, &skipped, preferred)
+            .await
+            .map_err(errors::answer)?;
         if let Some(key) = attempt.key_index() {
             ctx.tried.push((attempt.provider, key));
             if log::log_enabled!(log::Level::Debug) {

@@ -46,6 +46,8 @@ pub struct ProviderRuntime {
     aws: Vec<Option<AwsCredentials>>,
     key_id_values: Vec<Option<HeaderValue>>,
     pub keys_total_value: HeaderValue,
+    /// Per key, where `shared_state` keeps its budget (empty without `shared_state` or keys).
+    pub shared_keys: Vec<Arc<crate::shared::KeyNames>>,
 }
 
 impl ProviderRuntime {
@@ -236,6 +238,14 @@ impl RuntimeState {
                     .map(|k| HeaderValue::from_str(&k.id).ok())
                     .collect(),
                 keys_total_value: HeaderValue::from(p.keys.len()),
+                shared_keys: match &config.shared_state {
+                    Some(s) if pool.is_some() => crate::shared::pool_names(
+                        &s.namespace,
+                        &p.name,
+                        p.keys.iter().map(|k| k.key.expose()),
+                    ),
+                    _ => Vec::new(),
+                },
                 breaker: old.map_or_else(Default::default, |o| o.breaker.clone()),
                 in_flight: old.map_or_else(Default::default, |o| o.in_flight.clone()),
                 key_metrics: p.keys.iter().map(|_| KeyHandleCell::default()).collect(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub use cc_relay_mock::{Fault, MockConfig, MockUpstream};
 
 pub mod browser;
+pub mod redis;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cc-relay");
 
@@ -277,6 +278,12 @@ pub async fn get_json(relay: &RelayProcess, path: &str) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// `GET path` on `relay`, as text (`/metrics`).
+pub async fn get_text(relay: &RelayProcess, path: &str) -> String {
+    let resp = client().get(relay.url(path)).send().await.unwrap();
+    resp.text().await.unwrap()
 }
 
 /// `cc-relay <command> --config <config>`, run off the async runtime.

@@ -153,6 +153,8 @@ struct Shared {
     /// `http://ADDR/token`: the audience Vertex mode's assertions must name.
     token_uri: String,
     shutdown: watch::Sender<bool>,
+    /// 429s answered because a key's limits were exceeded (not injected faults).
+    rate_limited: AtomicU64,
 }
 
 /// A running mock upstream. Cheap to clone; it serves until [`MockUpstream::shutdown`] or until
@@ -184,6 +186,7 @@ impl MockUpstream {
             aws_sessions: aws_identity::SessionBook::default(),
             token_uri: format!("http://{addr}/token"),
             shutdown,
+            rate_limited: AtomicU64::new(0),
         });
         tokio::spawn(server::serve(listener, shared.clone()));
         Ok(MockUpstream { shared, addr })
@@ -201,6 +204,12 @@ impl MockUpstream {
     /// Recorded requests, oldest first (empty when `record` is off).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.recorded).clone()
+    }
+
+    /// 429s the mock answered because a key was over its limits (injected faults excluded):
+    /// what a relay that keeps to the keys' budgets never causes.
+    pub fn rate_limited(&self) -> u64 {
+        self.shared.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Requests received (every path, counted even when `record` is off).

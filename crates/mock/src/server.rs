@@ -386,6 +386,9 @@ fn messages(
                     retry_after_secs,
                     headers,
                 } => {
+                    shared
+                        .rate_limited
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if shared.cfg.bedrock.is_some() {
                         let message = "Too many requests, please wait before trying again.";
                         return bedrock_error(429, "ThrottlingException", message, request_id);

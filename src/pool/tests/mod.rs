@@ -8,6 +8,7 @@ mod hostile;
 mod learn;
 mod reservation;
 mod select;
+mod share;
 
 use std::time::{Duration, Instant};
 

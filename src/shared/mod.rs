@@ -1,0 +1,318 @@
+//! Key budgets and cooldowns shared by many relays through Redis or Valkey (`shared_state`).
+//!
+//! Each relay keeps its local pool (`crate::pool`) as a mirror and as its fallback. With the
+//! store reachable, an admission is one scripted round trip (`scripts::ADMIT`): the local pool
+//! proposes its preferred key and the others that look able to take the request, the store
+//! reserves on the first that really can (every relay's use counted, on the store's clock) and
+//! answers its balances, which the local mirror takes. Settlement, the upstream's rate-limit
+//! headers and cooldowns reach the store afterwards, off the request path (`worker`).
+//!
+//! When the store is slow or down, the breaker (`breaker`) opens and each relay keeps to its
+//! share of every key, 1/N of each limit with N the relays last seen alive (never fewer than
+//! `min_relays`): never unchecked. When the store answers again, each relay pushes what it used
+//! meanwhile into it (balances only go down) before the breaker closes, so there is no burst.
+
+mod breaker;
+mod keys;
+mod lease;
+mod scripts;
+mod stats;
+mod worker;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use once_cell::sync::OnceCell;
+use redis::aio::ConnectionManager;
+
+use crate::config::SharedStateConfig;
+use crate::pool::{Demand, Exhausted, KeyPool, Reservation, FULL_SHARE};
+use crate::proxy::RuntimeState;
+
+pub use keys::{pool_names, KeyNames};
+pub use stats::StoreStatus;
+pub use worker::StoreTask;
+
+use breaker::Breaker;
+use lease::{Op, SharedLease};
+use stats::Stats;
+
+/// The window of every bucket, in the store's unit (µs).
+const WINDOW_US: u64 = 60_000_000;
+/// Candidate keys offered to the store per admission: the preferred one and the next best.
+const MAX_CANDIDATES: usize = 8;
+/// Ends of reservations and lessons waiting for the store; beyond this they are dropped
+/// (counted), and the reservations come back through refill when their lease runs out.
+const QUEUE: usize = 16_384;
+
+static STORE: OnceCell<Arc<Store>> = OnceCell::new();
+
+/// The process's store, when `shared_state` is configured.
+pub fn installed() -> Option<&'static Arc<Store>> {
+    STORE.get()
+}
+
+/// Set up the store for `config` (once per process: the connection lives as long as it). The
+/// connection itself is made by [`StoreTask`] inside Pingora's runtime.
+pub fn install(config: &SharedStateConfig) -> Arc<Store> {
+    STORE
+        .get_or_init(|| Arc::new(Store::new(config.clone())))
+        .clone()
+}
+
+/// How the store answered an admission.
+pub enum Admission {
+    /// Admitted on this key (the reservation carries the store's lease), or the store is not
+    /// asked while its breaker is open and the local reservation, made at this relay's share,
+    /// stands.
+    Granted(Reservation),
+    /// No candidate can take the request now, every relay's use counted.
+    Refused(Exhausted),
+    /// The store failed this admission: its breaker is now open and the pools keep to their
+    /// share; the caller reserves again locally.
+    Failed,
+}
+
+pub struct Store {
+    config: SharedStateConfig,
+    /// This process among the relays of the namespace (random per start).
+    relay_id: String,
+    relays_key: String,
+    conn: ArcSwapOption<ConnectionManager>,
+    breaker: Breaker,
+    /// Relays alive at the last heartbeat (0 before the first).
+    relays_alive: AtomicU32,
+    seq: AtomicU64,
+    ops: tokio::sync::mpsc::Sender<Op>,
+    ops_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Op>>>,
+    stats: Stats,
+}
+
+impl Store {
+    fn new(config: SharedStateConfig) -> Store {
+        let (ops, rx) = tokio::sync::mpsc::channel(QUEUE);
+        Store {
+            relay_id: format!(
+                "{:08x}{:04x}",
+                fastrand::u32(..),
+                std::process::id() & 0xffff
+            ),
+            relays_key: keys::relays_set(&config.namespace),
+            config,
+            conn: ArcSwapOption::empty(),
+            breaker: Breaker::new_open(),
+            relays_alive: AtomicU32::new(0),
+            seq: AtomicU64::new(0),
+            ops,
+            ops_rx: std::sync::Mutex::new(Some(rx)),
+            stats: Stats::new(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
+    /// The part of each key's limits this relay may use now, in millionths.
+    fn share_ppm(&self) -> u64 {
+        if self.breaker.is_closed() {
+            FULL_SHARE
+        } else {
+            let n = self
+                .relays_alive
+                .load(Relaxed)
+                .max(self.config.min_relays)
+                .max(1);
+            FULL_SHARE / u64::from(n)
+        }
+    }
+
+    /// Make every pool of `state` keep to the share the breaker calls for (after the breaker
+    /// moved, and for the pools of a reloaded config).
+    pub fn apply_share(&self, state: &RuntimeState) {
+        let ppm = self.share_ppm();
+        for pool in state.providers.iter().filter_map(|p| p.pool.as_ref()) {
+            pool.set_share(ppm);
+        }
+    }
+
+    /// The store failed: open the breaker (if this is the failure that does) and keep to the
+    /// share.
+    fn trip(&self, state: &RuntimeState, why: &str) {
+        if self.breaker.open() {
+            log::warn!(
+                "shared_state: the store failed ({why}); each key's budget is now kept locally \
+                 at 1/{} of its limits until the store answers again",
+                FULL_SHARE / self.share_ppm()
+            );
+            self.stats.breaker_opened();
+        }
+        self.apply_share(state);
+    }
+
+    /// Ask the store to admit `demand` on `first`'s key or, failing that, on the next best
+    /// key of `pool` outside `tried`. `first` was reserved locally and is given back unless the
+    /// store picks its key.
+    pub async fn admit(
+        self: &Arc<Self>,
+        state: &RuntimeState,
+        pool: &KeyPool,
+        names: &[Arc<KeyNames>],
+        demand: &Demand,
+        first: Reservation,
+        tried: &[usize],
+    ) -> Admission {
+        let conn = match self.conn.load_full() {
+            Some(conn) if self.breaker.is_closed() => conn,
+            _ => {
+                // Open: `first` was reserved at this relay's share, which is the rule now.
+                self.stats.local();
+                return Admission::Granted(first);
+            }
+        };
+        let mut candidates = [0usize; MAX_CANDIDATES];
+        candidates[0] = first.index();
+        let n = 1 + pool.alternatives(first.index(), tried, &mut candidates[1..]);
+        let candidates = &candidates[..n];
+        let rid = format!("{}:{}", self.relay_id, self.seq.fetch_add(1, Relaxed));
+        let now = Instant::now();
+        let mut call = scripts::ADMIT.prepare_invoke();
+        call.arg(&rid)
+            .arg(self.config.lease.as_millis() as u64)
+            .arg(WINDOW_US)
+            .arg(n);
+        for &i in candidates {
+            let key = &pool.keys()[i];
+            let limits = key.whole_limits();
+            let debts = key.debts_at(now);
+            call.key(&*names[i].hash).key(&*names[i].flight);
+            call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
+            call.arg(1u64)
+                .arg(demand.input_tokens)
+                .arg(key.output_reservation(demand.max_tokens));
+            call.arg(key.max_in_flight());
+            for debt in debts {
+                call.arg(debt / 1_000);
+            }
+        }
+        let mut conn = (*conn).clone();
+        let answer = tokio::time::timeout(
+            self.config.timeout,
+            call.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await;
+        self.stats.observe(now.elapsed());
+        let reply = match answer {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                drop(first);
+                self.stats.error();
+                self.trip(state, &error_kind(&e));
+                return Admission::Failed;
+            }
+            Err(_) => {
+                drop(first);
+                self.stats.timeout();
+                self.trip(
+                    state,
+                    &format!("no answer within {:?}", self.config.timeout),
+                );
+                return Admission::Failed;
+            }
+        };
+        match reply.as_slice() {
+            [index, d0, d1, d2, c0, c1, c2] if *index >= 0 && (*index as usize) < n => {
+                let chosen = candidates[*index as usize];
+                let mut reservation = if chosen == first.index() {
+                    first
+                } else {
+                    drop(first);
+                    pool.reserve_admitted(chosen, demand)
+                };
+                let key = &pool.keys()[chosen];
+                let debts = [*d0, *d1, *d2].map(|d| (d.max(0) as u64).saturating_mul(1_000));
+                key.sync_debts_at(debts, Instant::now());
+                let charged = [*c0, *c1, *c2].map(|c| c.max(0) as u64);
+                reservation.attach_lease(Box::new(SharedLease::new(
+                    self.clone(),
+                    names[chosen].clone(),
+                    format!("{rid}|{}|{}|{}", charged[0], charged[1], charged[2]),
+                    key.whole_limits(),
+                )));
+                self.stats.admitted();
+                Admission::Granted(reservation)
+            }
+            [-1, wait_us] => {
+                drop(first);
+                self.stats.refused();
+                Admission::Refused(Exhausted {
+                    retry_after: Duration::from_micros((*wait_us).max(1_000) as u64),
+                    all_disabled: false,
+                })
+            }
+            _ => {
+                drop(first);
+                self.stats.error();
+                self.trip(state, "an answer of the wrong shape");
+                Admission::Failed
+            }
+        }
+    }
+
+    /// Queue an operation for the store; never waits. A full queue drops it (counted).
+    fn send(&self, op: Op) {
+        if self.ops.try_send(op).is_err() {
+            self.stats.dropped();
+        }
+    }
+
+    /// What a response taught about a key: the upstream's `remaining` per dimension (`None`:
+    /// not reported) and, when the key is now benched, for how long. Reaches the store
+    /// off the request path.
+    pub fn learn(
+        &self,
+        names: &Arc<KeyNames>,
+        limits: [u64; 3],
+        remaining: [Option<u64>; 3],
+        bench: Duration,
+    ) {
+        if remaining.iter().all(Option::is_none) && bench.is_zero() {
+            return;
+        }
+        self.send(Op::Learn {
+            names: names.clone(),
+            limits,
+            remaining,
+            bench,
+        });
+    }
+
+    /// The store's state for `/status` and the metrics.
+    pub fn status(&self) -> StoreStatus {
+        self.stats.status(
+            self.conn.load().is_some(),
+            self.breaker.is_closed(),
+            self.breaker.open_for(),
+            self.relays_alive.load(Relaxed),
+            FULL_SHARE as f64 / self.share_ppm() as f64,
+            &self.config,
+        )
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// What kind of error the store returned, for the log (its text may quote the URL).
+fn error_kind(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
+        "connection lost".to_owned()
+    } else {
+        format!("{:?} error", e.kind())
+    }
+}
