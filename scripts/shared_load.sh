@@ -35,6 +35,7 @@ read -r REDIS_PORT MOCK_PORT PLAIN_PORT SHARED_PORT < <(free_ports 4)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --maxmemory-policy noeviction >"$DIR/redis.log" 2>&1 &
 PIDS+=($!)
+REDIS_PID=$!
 "$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads 1 \
   --rpm 1000000000 --itpm 1000000000000 --otpm 1000000000000 >"$DIR/mock.log" 2>&1 &
 PIDS+=($!)
@@ -66,17 +67,19 @@ if pace > 0 then
 end
 LUA
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# run PORT PID CONNS PACE_MS: "req/s p50_us p99_us cpu_s_per_1k"
+# run PORT PID CONNS PACE_MS: "req/s p50_us p99_us relay_cpu_s_per_1k redis_cpu_s_per_1k"
 run() {
-  local before after out
+  local before after out rbefore rafter
   before=$(ticks "$2")
+  rbefore=$(ticks "$REDIS_PID")
   out=$(PACE_MS="$4" wrk -t1 -c"$3" -d"${DURATION}s" --latency -s "$DIR/post.lua" \
     "http://127.0.0.1:$1/v1/messages")
   after=$(ticks "$2")
-  python3 - "$before" "$after" "$(getconf CLK_TCK)" <<PY
+  rafter=$(ticks "$REDIS_PID")
+  python3 - "$before" "$after" "$(getconf CLK_TCK)" "$rbefore" "$rafter" <<PY
 import re, sys
 out = """$out"""
-before, after, hz = map(int, sys.argv[1:])
+before, after, hz, rbefore, rafter = map(int, sys.argv[1:])
 reqs = int(re.search(r"(\d+) requests in", out).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 def lat(p):
@@ -86,7 +89,8 @@ def lat(p):
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if errors or "Socket errors" in out:
     print("errors in run:", out, file=sys.stderr)
-print(f"{rps:.0f} {lat(50):.0f} {lat(99):.0f} {(after - before) / hz / reqs * 1000:.4f}")
+print(f"{rps:.0f} {lat(50):.0f} {lat(99):.0f} {(after - before) / hz / reqs * 1000:.4f} "
+      f"{(rafter - rbefore) / hz / reqs * 1000:.4f}")
 PY
 }
 wrk -t1 -c"$CONNS" -d2s -s "$DIR/post.lua" "http://127.0.0.1:$PLAIN_PORT/v1/messages" >/dev/null
@@ -110,7 +114,7 @@ import json, statistics, sys
 stamp, conns, dur, reps, threads = sys.argv[1:6]
 def runs(s):
     vals = list(map(float, s.split()))
-    return [vals[i:i + 4] for i in range(0, len(vals), 4)]
+    return [vals[i:i + 5] for i in range(0, len(vals), 5)]
 plain, shared = runs(sys.argv[6]), runs(sys.argv[7])
 paced_plain, paced_shared = runs(sys.argv[8])[0], runs(sys.argv[9])[0]
 paced, final = json.loads(sys.argv[10])["shared_state"], json.loads(sys.argv[11])["shared_state"]
@@ -118,11 +122,11 @@ med = lambda rows, i: statistics.median(r[i] for r in rows)
 print(f"# shared_state cost, run {stamp}\n")
 print(f"Command: `bash scripts/shared_load.sh` — wrk -c{conns}, {dur} s x {reps} repetitions "
       f"alternating, relay threads {threads}, redis-server on loopback, one key.\n")
-print("| | req/s (median) | p50 µs | p99 µs | relay CPU s/1k req |")
-print("|---|---:|---:|---:|---:|")
-print(f"| without shared_state | {med(plain,0):,.0f} | {med(plain,1):.0f} | {med(plain,2):.0f} | {med(plain,3):.3f} |")
-print(f"| with shared_state | {med(shared,0):,.0f} | {med(shared,1):.0f} | {med(shared,2):.0f} | {med(shared,3):.3f} |")
-print(f"| ratio with/without | {med(shared,0)/med(plain,0):.2f} | | | {med(shared,3)/med(plain,3):.2f} |\n")
+print("| | req/s (median) | p50 µs | p99 µs | relay CPU s/1k req | redis-server CPU s/1k req |")
+print("|---|---:|---:|---:|---:|---:|")
+print(f"| without shared_state | {med(plain,0):,.0f} | {med(plain,1):.0f} | {med(plain,2):.0f} | {med(plain,3):.3f} | – |")
+print(f"| with shared_state | {med(shared,0):,.0f} | {med(shared,1):.0f} | {med(shared,2):.0f} | {med(shared,3):.3f} | {med(shared,4):.3f} |")
+print(f"| ratio with/without | {med(shared,0)/med(plain,0):.2f} | | | {med(shared,3)/med(plain,3):.2f} | |\n")
 print(f"Per repetition req/s: without {[round(r[0]) for r in plain]}, with {[round(r[0]) for r in shared]}.\n")
 print("Paced, ~1,000 req/s (10 connections):\n")
 print("| | p50 µs | p99 µs |")

@@ -14,6 +14,10 @@ use super::Settlement;
 pub trait Lease: Send + Sync {
     /// `used`: what the request really cost; `None`: it never got a real answer (released).
     fn end(self: Box<Self>, used: Option<Settlement>);
+
+    /// What the response's rate-limit headers said the key has left (requests, input, output;
+    /// `None`: not reported), to go with the end.
+    fn note_remaining(&self, _remaining: [Option<u64>; 3]) {}
 }
 
 /// Holds an `Arc<KeyState>`, so settling still reaches the key's budget after a reload swapped
@@ -44,9 +48,9 @@ impl Reservation {
         self.lease = Some(lease);
     }
 
-    /// Whether a hold kept elsewhere is tied to this reservation.
-    pub fn has_lease(&self) -> bool {
-        self.lease.is_some()
+    /// The hold kept elsewhere tied to this reservation, if any.
+    pub fn lease(&self) -> Option<&dyn Lease> {
+        self.lease.as_deref()
     }
 
     /// The key's index in the pool it was acquired from (what `tried` takes).

@@ -72,7 +72,10 @@ fn share(
     let Some(store) = crate::shared::installed() else {
         return;
     };
-    let Some(reservation) = attempt.reservation.as_ref().filter(|r| r.has_lease()) else {
+    let Some(reservation) = attempt.reservation.as_ref() else {
+        return;
+    };
+    let Some(lease) = reservation.lease() else {
         return;
     };
     let Some(names) = provider.shared_keys.get(reservation.index()) else {
@@ -91,10 +94,16 @@ fn share(
         Verdict::RateLimited | Verdict::Forbidden => key.benched_for_at(std::time::Instant::now()),
         _ => 0,
     };
-    store.learn(
-        names,
-        key.whole_limits(),
-        remaining,
-        std::time::Duration::from_nanos(bench),
-    );
+    if bench > 0 {
+        // Every relay must stop using the key now, not when this response ends.
+        store.learn(
+            names,
+            key.whole_limits(),
+            remaining,
+            std::time::Duration::from_nanos(bench),
+        );
+    } else {
+        // The figures travel with the settlement: one call to the store per request, not two.
+        lease.note_remaining(remaining);
+    }
 }

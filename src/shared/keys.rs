@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 /// The store's names for one key.
 #[derive(Debug)]
 pub struct KeyNames {
+    /// The pool's hash tag: keys with the same one can go to one script call.
+    pub tag: Arc<str>,
     pub hash: Arc<str>,
     pub flight: Arc<str>,
 }
@@ -28,10 +30,12 @@ pub fn pool_names<'a>(
         .chars()
         .map(|c| if c == '{' || c == '}' { '_' } else { c })
         .collect();
+    let shared_tag: Arc<str> = format!("{namespace}:{{{tag}}}").into();
     secrets
         .map(|secret| {
             let id = key_id(secret);
             Arc::new(KeyNames {
+                tag: shared_tag.clone(),
                 hash: format!("{namespace}:{{{tag}}}:k:{id}").into(),
                 flight: format!("{namespace}:{{{tag}}}:f:{id}").into(),
             })

@@ -1,6 +1,7 @@
 //! A reservation's hold on the store's budget, and the operations that reach the store after
 //! the request path has moved on.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +11,16 @@ use super::{KeyNames, Store};
 
 /// An operation for the store, run by the worker off the request path.
 pub enum Op {
-    /// A reservation ended: `used` is the real usage, `None` gave it all back.
+    /// A reservation ended: `used` is the real usage, `None` gave it all back; `remaining` is
+    /// what the response's rate-limit headers said the key has left.
     Settle {
         names: Arc<KeyNames>,
         member: String,
         limits: [u64; 3],
         used: Option<Settlement>,
+        remaining: [Option<u64>; 3],
     },
-    /// What a response said about the key (see `Store::learn`).
+    /// A cooldown (and the figures that came with it), at once (see `Store::learn`).
     Learn {
         names: Arc<KeyNames>,
         limits: [u64; 3],
@@ -25,6 +28,9 @@ pub enum Op {
         bench: Duration,
     },
 }
+
+/// `remaining` not reported.
+const UNKNOWN: u64 = u64::MAX;
 
 /// Tied to the local reservation the store admitted: ends the store's reservation the same way
 /// the local one ends (settled, released, or dropped by a cancelled request).
@@ -34,6 +40,7 @@ pub struct SharedLease {
     /// The reservation's member in the key's in-flight set: its id and what it charged.
     member: String,
     limits: [u64; 3],
+    remaining: [AtomicU64; 3],
 }
 
 impl SharedLease {
@@ -48,6 +55,7 @@ impl SharedLease {
             names,
             member,
             limits,
+            remaining: [const { AtomicU64::new(UNKNOWN) }; 3],
         }
     }
 }
@@ -59,12 +67,21 @@ impl Lease for SharedLease {
             names,
             member,
             limits,
+            remaining,
         } = *self;
+        let remaining = remaining.map(|r| Some(r.into_inner()).filter(|&r| r != UNKNOWN));
         store.send(Op::Settle {
             names,
             member,
             limits,
             used,
+            remaining,
         });
+    }
+
+    fn note_remaining(&self, remaining: [Option<u64>; 3]) {
+        for (slot, r) in self.remaining.iter().zip(remaining) {
+            slot.store(r.unwrap_or(UNKNOWN).min(UNKNOWN - 1), Relaxed);
+        }
     }
 }

@@ -109,43 +109,65 @@ return {-1, math.floor(best)}
     )
 });
 
-/// End a reservation: correct it to the real usage, or give it all back. Idempotent: the
-/// reservation's member is removed from the in-flight set first, and only a call that removed
-/// it changes the buckets, so a settle retried after a lost reply is not applied twice, and a
-/// lease that already ran out is not refunded (its reservation came back through refill).
-/// `KEYS`: hash, in-flight set. `ARGV`: member, window (µs), the three limits, then `release`
-/// (1: nothing used) or the real usage of input and output tokens. Returns 1 when applied.
+/// End reservations, several per call (one pool's, so one hash tag): correct each to the real
+/// usage or give it all back, then apply what its response's rate-limit headers said (a
+/// `remaining` only ever lowers a balance: it is authoritative, but older than reservations made
+/// since). Idempotent: a reservation's member is removed from the in-flight set first, and only
+/// a call that removed it changes the buckets, so a batch retried after a lost reply is not
+/// applied twice, and a lease that already ran out is not refunded (its reservation came back
+/// through refill). The headers' figures apply either way. `KEYS`: per reservation its key's
+/// hash and in-flight set. `ARGV`: window (µs), then per reservation ten values: its member, the
+/// three limits, `release` (1: nothing used), the real input and output tokens, the three
+/// `remaining` figures (-1: not reported). Returns how many were applied.
 pub static SETTLE: Lazy<Script> = Lazy::new(|| {
     script(
         r#"
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
-local W = tonumber(ARGV[2])
-local c = {}
-for v in string.gmatch(ARGV[1], '|(%d+)') do c[#c + 1] = tonumber(v) end
-local release = ARGV[6] == '1'
-local used = {}
-if release then
-  used = {0, 0, 0}
-else
-  used = {c[1], tonumber(ARGV[7]), tonumber(ARGV[8])}
-end
-for d = 0, 2 do
-  local L = tonumber(ARGV[3 + d])
-  local charged = c[d + 1] or 0
-  if L > 0 then
-    local u = math.min(used[d + 1], charged + L)
-    local field = 't' .. d
-    local tat = tonumber(redis.call('HGET', KEYS[1], field) or now)
-    if u < charged then
-      tat = tat - (charged - u) * W / L
-    elseif u > charged then
-      tat = math.max(tat, now) + (u - charged) * W / L
+local W = tonumber(ARGV[1])
+local applied = 0
+for i = 0, #KEYS / 2 - 1 do
+  local h, f = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local a = 2 + i * 10
+  local member = ARGV[a]
+  local exists = redis.call('EXISTS', h) == 1
+  if redis.call('ZREM', f, member) == 1 and exists then
+    applied = applied + 1
+    local c = {}
+    for v in string.gmatch(member, '|(%d+)') do c[#c + 1] = tonumber(v) end
+    local used = {0, 0, 0}
+    if ARGV[a + 4] ~= '1' then
+      used = {c[1], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
     end
-    redis.call('HSET', KEYS[1], field, int(tat))
+    for d = 0, 2 do
+      local L = tonumber(ARGV[a + 1 + d])
+      local charged = c[d + 1] or 0
+      if L > 0 then
+        local u = math.min(used[d + 1], charged + L)
+        local field = 't' .. d
+        local tat = tonumber(redis.call('HGET', h, field) or now)
+        if u < charged then
+          tat = tat - (charged - u) * W / L
+        elseif u > charged then
+          tat = math.max(tat, now) + (u - charged) * W / L
+        end
+        redis.call('HSET', h, field, int(tat))
+      end
+    end
+  end
+  if exists then
+    for d = 0, 2 do
+      local L = tonumber(ARGV[a + 1 + d])
+      local r = tonumber(ARGV[a + 7 + d])
+      if L > 0 and r >= 0 then
+        if r > L then r = L end
+        local field = 't' .. d
+        local tat = tonumber(redis.call('HGET', h, field) or now)
+        local floor = now + (L - r) * W / L
+        if floor > tat then redis.call('HSET', h, field, int(floor)) end
+      end
+    end
   end
 end
-return 1
+return applied
 "#,
     )
 });

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -22,8 +21,10 @@ const RELAY_EXPIRY_MS: u64 = 3_000;
 /// The breaker stays open at least this long, so a flapping store does not flip every relay
 /// between its share and the store on every heartbeat.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
-/// Operations in flight to the store at once (the connection pipelines them).
-const OP_CONCURRENCY: usize = 256;
+/// Script calls in flight to the store at once (the connection pipelines them).
+const OP_CONCURRENCY: usize = 64;
+/// Settlements of one pool sent in one script call at most.
+const BATCH: usize = 64;
 /// Tries per settlement or lesson (each is idempotent, or only ever lowers a balance).
 const OP_TRIES: u32 = 3;
 
@@ -66,22 +67,7 @@ impl BackgroundService for StoreTask {
         };
         store.conn.store(Some(Arc::new(conn.clone())));
 
-        let consumer = {
-            let store = store.clone();
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                futures::stream::unfold(
-                    ops,
-                    |mut rx| async move { rx.recv().await.map(|op| (op, rx)) },
-                )
-                .for_each_concurrent(OP_CONCURRENCY, |op| {
-                    let store = store.clone();
-                    let conn = conn.clone();
-                    async move { run_op(&store, conn, op, op_timeout).await }
-                })
-                .await;
-            })
-        };
+        let consumer = tokio::spawn(consume(store.clone(), ops, conn.clone(), op_timeout));
 
         let mut conn = conn;
         let mut shared_once = false;
@@ -174,25 +160,47 @@ async fn reseed(
     Ok(keys)
 }
 
-async fn run_op(store: &Store, mut conn: ConnectionManager, op: Op, op_timeout: Duration) {
-    for attempt in 1..=OP_TRIES {
-        let call = match &op {
-            Op::Settle {
-                names,
-                member,
-                limits,
-                used,
-            } => {
-                let mut call = scripts::SETTLE.prepare_invoke();
-                call.key(&*names.hash).key(&*names.flight);
-                call.arg(member.as_str()).arg(WINDOW_US);
-                call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
-                match used {
-                    None => call.arg(1u8).arg(0u64).arg(0u64),
-                    Some(u) => call.arg(0u8).arg(u.input_tokens).arg(u.output_tokens),
-                };
-                call
+/// Drain the queue: whatever has piled up (up to `BATCH`) goes out together, settlements one
+/// script call per pool, cooldowns one each; up to `OP_CONCURRENCY` calls at once (the
+/// connection pipelines them).
+async fn consume(
+    store: Arc<Store>,
+    mut ops: tokio::sync::mpsc::Receiver<Op>,
+    conn: ConnectionManager,
+    op_timeout: Duration,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(OP_CONCURRENCY));
+    let mut batch = Vec::with_capacity(BATCH);
+    while ops.recv_many(&mut batch, BATCH).await > 0 {
+        let mut groups: Vec<(Option<Arc<str>>, Vec<Op>)> = Vec::new();
+        for op in batch.drain(..) {
+            let tag = match &op {
+                Op::Settle { names, .. } => Some(names.tag.clone()),
+                Op::Learn { .. } => None,
+            };
+            match groups.iter_mut().find(|(t, _)| tag.is_some() && *t == tag) {
+                Some((_, group)) => group.push(op),
+                None => groups.push((tag, vec![op])),
             }
+        }
+        for (_, group) in groups {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (store, conn) = (store.clone(), conn.clone());
+            tokio::spawn(async move {
+                run(&store, conn, &group, op_timeout).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// One script call for `group` (settlements of one pool, or one cooldown), tried `OP_TRIES`
+/// times: each is idempotent, or only ever lowers a balance.
+async fn run(store: &Store, mut conn: ConnectionManager, group: &[Op], op_timeout: Duration) {
+    for attempt in 1..=OP_TRIES {
+        let call = match &group[0] {
             Op::Learn {
                 names,
                 limits,
@@ -203,9 +211,36 @@ async fn run_op(store: &Store, mut conn: ConnectionManager, op: Op, op_timeout: 
                 call.key(&*names.hash).arg(WINDOW_US);
                 call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
                 for r in remaining {
-                    call.arg(r.map_or(-1, |r| r.min(i64::MAX as u64) as i64));
+                    call.arg(figure(*r));
                 }
                 call.arg(bench.as_micros() as u64);
+                call
+            }
+            Op::Settle { .. } => {
+                let mut call = scripts::SETTLE.prepare_invoke();
+                call.arg(WINDOW_US);
+                for op in group {
+                    let Op::Settle {
+                        names,
+                        member,
+                        limits,
+                        used,
+                        remaining,
+                    } = op
+                    else {
+                        continue;
+                    };
+                    call.key(&*names.hash).key(&*names.flight);
+                    call.arg(member.as_str());
+                    call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
+                    match used {
+                        None => call.arg(1u8).arg(0u64).arg(0u64),
+                        Some(u) => call.arg(0u8).arg(u.input_tokens).arg(u.output_tokens),
+                    };
+                    for r in remaining {
+                        call.arg(figure(*r));
+                    }
+                }
                 call
             }
         };
@@ -217,5 +252,12 @@ async fn run_op(store: &Store, mut conn: ConnectionManager, op: Op, op_timeout: 
             tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
         }
     }
-    store.stats.op_failed();
+    for _ in group {
+        store.stats.op_failed();
+    }
+}
+
+/// A `remaining` figure as the scripts take it (-1: not reported).
+fn figure(remaining: Option<u64>) -> i64 {
+    remaining.map_or(-1, |r| r.min(i64::MAX as u64) as i64)
 }
