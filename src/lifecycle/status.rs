@@ -89,6 +89,23 @@ pub fn render_table(status: &Value) -> String {
         status["config_generation"],
         status["routing"]["strategy"].as_str().unwrap_or("-")
     );
+    let shared = &status["shared_state"];
+    if shared.is_object() {
+        let _ = writeln!(
+            out,
+            "shared state {}  breaker {}  relays {}  share {:.2}  admitted {}  refused {}  \
+             errors {}  timeouts {}  admission p99 <= {} us",
+            shared["namespace"].as_str().unwrap_or("-"),
+            shared["breaker"].as_str().unwrap_or("-"),
+            shared["relays"],
+            shared["share"].as_f64().unwrap_or(0.0),
+            shared["admitted"],
+            shared["refused"],
+            shared["errors"],
+            shared["timeouts"],
+            shared["latency_p99_us"]
+        );
+    }
     for p in status["providers"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -138,6 +155,24 @@ pub fn render_table(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_store_gets_a_line_when_configured() {
+        let without = serde_json::json!({"config_generation": 1, "providers": []});
+        assert!(!render_table(&without).contains("shared state"));
+        let with = serde_json::json!({
+            "config_generation": 1,
+            "providers": [],
+            "shared_state": {"namespace": "cc", "breaker": "open", "relays": 3, "share": 0.3333,
+                             "admitted": 5, "refused": 1, "errors": 2, "timeouts": 0,
+                             "latency_p99_us": 750}
+        });
+        let table = render_table(&with);
+        assert!(
+            table.contains("shared state cc  breaker open  relays 3  share 0.33"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn bars_show_what_is_left() {
