@@ -21,6 +21,10 @@ use common::*;
 /// cheap; the arithmetic is the same).
 const RPM: u64 = 600;
 const SECRETS: [&str; 2] = ["sk-shared-key-one", "sk-shared-key-two"];
+/// How long the upstream takes before its response headers in the acceptance run: answers take
+/// a moment, as a model's do, so several requests are in flight at once and a relay cannot rely
+/// on the last response's headers to know what the others took.
+const UPSTREAM_LATENCY: Duration = Duration::from_millis(300);
 /// Three times what the keys refill, per second.
 const OFFERED_PER_SEC: f64 = 3.0 * (SECRETS.len() as f64) * RPM as f64 / 60.0;
 
@@ -52,10 +56,15 @@ fn limited() -> KeyLimits {
     }
 }
 
-async fn start_mock(limits: KeyLimits, event_interval: Duration) -> MockUpstream {
+async fn start_mock(
+    limits: KeyLimits,
+    event_interval: Duration,
+    latency: Duration,
+) -> MockUpstream {
     MockUpstream::start(MockConfig {
         default_limits: limits,
         event_interval,
+        latency,
         ..MockConfig::default()
     })
     .await
@@ -254,7 +263,7 @@ async fn acceptance_load(relays: &[RelayProcess]) -> (Arc<Tally>, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_relays_share_the_keys_without_an_upstream_429() {
     let redis = RedisServer::start();
-    let mock = start_mock(limited(), Duration::ZERO).await;
+    let mock = start_mock(limited(), Duration::ZERO, UPSTREAM_LATENCY).await;
     let relays = start_relays(&relay_body(&mock, Some((&redis, ""))), 3);
     wait_shared(&relays, 3).await;
     let (tally, elapsed) = acceptance_load(&relays).await;
@@ -285,7 +294,7 @@ async fn three_relays_share_the_keys_without_an_upstream_429() {
 /// The negative control: the same relays and load without `shared_state` overdraw the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_shared_state_the_relays_overdraw_the_keys() {
-    let mock = start_mock(limited(), Duration::ZERO).await;
+    let mock = start_mock(limited(), Duration::ZERO, UPSTREAM_LATENCY).await;
     let relays = start_relays(&relay_body(&mock, None), 3);
     let (tally, elapsed) = acceptance_load(&relays).await;
     report("control (no shared_state)", &tally, &mock, elapsed);
@@ -313,14 +322,7 @@ async fn run_with_fault(
     } else {
         Duration::ZERO
     };
-    let mock = start_mock(
-        KeyLimits {
-            rpm: RPM,
-            ..Default::default()
-        },
-        interval,
-    )
-    .await;
+    let mock = start_mock(limited(), interval, Duration::ZERO).await;
     let mut relays = start_relays(&relay_body(&mock, Some((&redis, FAULT_SETTINGS))), 3);
     wait_shared(&relays, 3).await;
     // Spend the keys' initial burst first, so the fault lands while they are at their limits.
@@ -461,7 +463,7 @@ async fn a_relay_killed_mid_stream() {
 async fn a_429_seen_by_one_relay_cools_the_key_everywhere() {
     for shared in [true, false] {
         let redis = RedisServer::start();
-        let mock = start_mock(KeyLimits::default(), Duration::ZERO).await;
+        let mock = start_mock(KeyLimits::default(), Duration::ZERO, Duration::ZERO).await;
         let store = shared.then_some((&redis, ""));
         let relays = start_relays(&relay_body(&mock, store), 3);
         if shared {
@@ -510,7 +512,7 @@ async fn a_429_seen_by_one_relay_cools_the_key_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_adds_a_key_to_the_shared_pool() {
     let redis = RedisServer::start();
-    let mock = start_mock(KeyLimits::default(), Duration::ZERO).await;
+    let mock = start_mock(KeyLimits::default(), Duration::ZERO, Duration::ZERO).await;
     let body = format!(
         "{}metrics:\n  enabled: true\n",
         relay_body(&mock, Some((&redis, "")))

@@ -9,8 +9,9 @@
 //!
 //! When the store is slow or down, the breaker (`breaker`) opens and each relay keeps to its
 //! share of every key, 1/N of each limit with N the relays last seen alive (never fewer than
-//! `min_relays`): never unchecked. When the store answers again, each relay pushes what it used
-//! meanwhile into it (balances only go down) before the breaker closes, so there is no burst.
+//! `min_relays`), starting empty: never unchecked. When the store answers again, each relay
+//! pushes what it used meanwhile into it (balances only go down) before the breaker closes, so
+//! there is no burst.
 
 mod breaker;
 mod keys;
@@ -148,6 +149,16 @@ impl Store {
                 FULL_SHARE / self.share_ppm()
             );
             self.stats.breaker_opened();
+            // What this relay's mirror says of a key may be stale by whatever the others took
+            // since its last admission there: each share starts empty and refills at 1/N of
+            // the key's rate, so together the relays never take more than the key grants.
+            let now = Instant::now();
+            let full = [WINDOW_US * 1_000; 3];
+            for pool in state.providers.iter().filter_map(|p| p.pool.as_ref()) {
+                for key in pool.keys() {
+                    key.sync_debts_at(full, now);
+                }
+            }
         }
         self.apply_share(state);
     }

@@ -128,42 +128,49 @@ for i = 0, #KEYS / 2 - 1 do
   local h, f = KEYS[2 * i + 1], KEYS[2 * i + 2]
   local a = 2 + i * 10
   local member = ARGV[a]
-  local exists = redis.call('EXISTS', h) == 1
-  if redis.call('ZREM', f, member) == 1 and exists then
-    applied = applied + 1
+  local removed = redis.call('ZREM', f, member) == 1
+  -- One read and one write of the hash per reservation: each call from the script costs more
+  -- than the arithmetic around it.
+  local st = redis.call('HMGET', h, 't0', 't1', 't2')
+  if st[1] then
+    local tat = {tonumber(st[1]), tonumber(st[2]), tonumber(st[3])}
     local c = {}
-    for v in string.gmatch(member, '|(%d+)') do c[#c + 1] = tonumber(v) end
+    if removed then
+      applied = applied + 1
+      for v in string.gmatch(member, '|(%d+)') do c[#c + 1] = tonumber(v) end
+    end
     local used = {0, 0, 0}
     if ARGV[a + 4] ~= '1' then
-      used = {c[1], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
+      used = {c[1] or 0, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
     end
-    for d = 0, 2 do
-      local L = tonumber(ARGV[a + 1 + d])
-      local charged = c[d + 1] or 0
+    local changed = false
+    for d = 1, 3 do
+      local L = tonumber(ARGV[a + d])
       if L > 0 then
-        local u = math.min(used[d + 1], charged + L)
-        local field = 't' .. d
-        local tat = tonumber(redis.call('HGET', h, field) or now)
-        if u < charged then
-          tat = tat - (charged - u) * W / L
-        elseif u > charged then
-          tat = math.max(tat, now) + (u - charged) * W / L
+        if removed then
+          local charged = c[d] or 0
+          local u = math.min(used[d], charged + L)
+          if u < charged then
+            tat[d] = tat[d] - (charged - u) * W / L
+            changed = true
+          elseif u > charged then
+            tat[d] = math.max(tat[d], now) + (u - charged) * W / L
+            changed = true
+          end
         end
-        redis.call('HSET', h, field, int(tat))
+        local r = tonumber(ARGV[a + 6 + d])
+        if r >= 0 then
+          if r > L then r = L end
+          local floor = now + (L - r) * W / L
+          if floor > tat[d] then
+            tat[d] = floor
+            changed = true
+          end
+        end
       end
     end
-  end
-  if exists then
-    for d = 0, 2 do
-      local L = tonumber(ARGV[a + 1 + d])
-      local r = tonumber(ARGV[a + 7 + d])
-      if L > 0 and r >= 0 then
-        if r > L then r = L end
-        local field = 't' .. d
-        local tat = tonumber(redis.call('HGET', h, field) or now)
-        local floor = now + (L - r) * W / L
-        if floor > tat then redis.call('HSET', h, field, int(floor)) end
-      end
+    if changed then
+      redis.call('HSET', h, 't0', int(tat[1]), 't1', int(tat[2]), 't2', int(tat[3]))
     end
   end
 end

@@ -88,7 +88,7 @@ impl BackgroundService for StoreTask {
                     if !store.breaker.is_closed()
                         && (!shared_once || store.breaker.open_for() >= REOPEN_AFTER)
                     {
-                        match reseed(&self.state, &mut conn, op_timeout).await {
+                        match reseed(&self.state, &mut conn, op_timeout, relays).await {
                             Ok(keys) => {
                                 store.breaker.close();
                                 store.apply_share(&self.state.current.load());
@@ -129,13 +129,20 @@ impl BackgroundService for StoreTask {
 
 /// Push this relay's view of every key into the store (balances only go down), before the
 /// breaker closes: what it used at its share while the store was away is then counted.
+///
+/// The other relays may still be keeping to their share for up to one heartbeat after this one
+/// closes, taking what the store does not see yet: `relays` tells how many there are, and each
+/// key's debt is pushed that much further, (N-1)/N of a heartbeat of the key's refill.
 async fn reseed(
     state: &SharedState,
     conn: &mut ConnectionManager,
     op_timeout: Duration,
+    relays: u32,
 ) -> Result<usize, String> {
     let state = state.current.load_full();
     let now = Instant::now();
+    let others = u64::from(relays.max(1) - 1);
+    let lag_us = HEARTBEAT.as_micros() as u64 * others / (others + 1);
     let mut keys = 0;
     for provider in &state.providers {
         let Some(pool) = &provider.pool else { continue };
@@ -148,7 +155,7 @@ async fn reseed(
         for (key, names) in pool.keys().iter().zip(names) {
             call.key(&*names.hash);
             for debt in key.debts_at(now) {
-                call.arg(debt / 1_000);
+                call.arg(debt / 1_000 + lag_us);
             }
         }
         match tokio::time::timeout(op_timeout, call.invoke_async::<usize>(conn)).await {
