@@ -1791,3 +1791,15 @@ fn shared_state_errors_name_the_field_and_never_the_url() {
     let e = errors("shared_state:\n  redis_url: redis://h:6379\n  redis_pasword: x\n");
     assert!(e[0].contains("shared_state.redis_pasword"), "{e:?}");
 }
+
+/// Found by the config_load fuzzer: a variable expanded into the middle of a value that an
+/// error quotes (`/metri${KEY}…`) must not show the key.
+#[test]
+fn an_error_does_not_quote_a_value_holding_a_key() {
+    let e = errors_env(
+        "metrics:\n  prometheus_endpoint: \"/metri${KEY} x\"\n",
+        &[("KEY", "sk-ant-secret-0123")],
+    );
+    assert!(e[0].contains("metrics.prometheus_endpoint"), "{e:?}");
+    assert!(!e.join("\n").contains("sk-ant-secret"), "{e:?}");
+}

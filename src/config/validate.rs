@@ -1237,9 +1237,10 @@ fn logging(raw: RawLogging, c: &mut Ctx) -> LoggingConfig {
     }
 }
 
-/// A user-supplied value quoted for an error message, unless it could be a credential.
+/// A user-supplied value quoted for an error message, unless it could be or hold a credential
+/// (a `${VAR}` may have put one anywhere in it).
 fn shown(s: &str) -> String {
-    if s.len() > 64 || s.starts_with("sk-") {
+    if s.len() > 64 || s.contains("sk-") {
         "(value not shown)".to_string()
     } else {
         format!("{s:?}")
