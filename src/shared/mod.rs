@@ -10,8 +10,8 @@
 //! When the store is slow or down, the breaker (`breaker`) opens and each relay keeps to its
 //! share of every key, 1/N of each limit with N the relays last seen alive (never fewer than
 //! `min_relays`), starting empty: never unchecked. When the store answers again, each relay
-//! pushes what it used meanwhile into it (balances only go down) before the breaker closes, so
-//! there is no burst.
+//! marks every key empty in it (balances only go down) before the breaker closes, so there is
+//! no burst.
 
 mod breaker;
 mod keys;

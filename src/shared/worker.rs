@@ -88,7 +88,8 @@ impl BackgroundService for StoreTask {
                     if !store.breaker.is_closed()
                         && (!shared_once || store.breaker.open_for() >= REOPEN_AFTER)
                     {
-                        match reseed(&self.state, &mut conn, op_timeout, relays).await {
+                        match reseed(&self.state, &mut conn, op_timeout, relays, shared_once).await
+                        {
                             Ok(keys) => {
                                 store.breaker.close();
                                 store.apply_share(&self.state.current.load());
@@ -130,14 +131,18 @@ impl BackgroundService for StoreTask {
 /// Push this relay's view of every key into the store (balances only go down), before the
 /// breaker closes: what it used at its share while the store was away is then counted.
 ///
-/// The other relays may still be keeping to their share for up to one heartbeat after this one
-/// closes, taking what the store does not see yet: `relays` tells how many there are, and each
-/// key's debt is pushed that much further, (N-1)/N of a heartbeat of the key's refill.
+/// After an outage (`outage`), every key is pushed to empty: each relay kept to its share
+/// meanwhile, so together they took at most what the keys refilled, and the first relay back
+/// cannot know what the others took (its own share may be untouched while theirs are spent).
+/// At start-up, what this relay knows is pushed (nothing was shared yet). Either way the other
+/// relays may still be on their share for up to one heartbeat after this one closes, taking
+/// what the store does not see yet: each key's debt is pushed (N-1)/N of a heartbeat further.
 async fn reseed(
     state: &SharedState,
     conn: &mut ConnectionManager,
     op_timeout: Duration,
     relays: u32,
+    outage: bool,
 ) -> Result<usize, String> {
     let state = state.current.load_full();
     let now = Instant::now();
@@ -155,7 +160,8 @@ async fn reseed(
         for (key, names) in pool.keys().iter().zip(names) {
             call.key(&*names.hash);
             for debt in key.debts_at(now) {
-                call.arg(debt / 1_000 + lag_us);
+                let debt = if outage { WINDOW_US } else { debt / 1_000 };
+                call.arg(debt + lag_us);
             }
         }
         match tokio::time::timeout(op_timeout, call.invoke_async::<usize>(conn)).await {
