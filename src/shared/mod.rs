@@ -279,9 +279,9 @@ impl Store {
         }
     }
 
-    /// What a response taught about a key: the upstream's `remaining` per dimension (`None`:
-    /// not reported) and, when the key is now benched, for how long. Reaches the store
-    /// off the request path.
+    /// A key the upstream benched (429, 403) for `bench`, with the response's `remaining` per
+    /// dimension (`None`: not reported): queued at once, off the request path, so every relay
+    /// stops using it. Figures without a bench travel with the settlement (`Lease`).
     pub fn learn(
         &self,
         names: &Arc<KeyNames>,

@@ -179,9 +179,9 @@ return applied
     )
 });
 
-/// What a response taught about a key, for every relay: the upstream's `remaining` per
-/// dimension may only lower a balance (it is authoritative, but older than reservations made
-/// since), and a cooldown (a 429, a 403, a reset with nothing left) benches the key everywhere.
+/// A cooldown for every relay, sent at once (a 429 or a 403 benches the key everywhere), with
+/// the response's `remaining` figures, which may only lower a balance (authoritative, but older
+/// than reservations made since). Other responses' figures travel with their settlement.
 /// `KEYS`: hash. `ARGV`: window (µs), the three limits, the three remaining figures (-1: not
 /// reported), the cooldown from now (µs, 0: none).
 pub static LEARN: Lazy<Script> = Lazy::new(|| {
