@@ -362,6 +362,17 @@ async fn run_with_fault(
             );
         }
     }
+    if mock.rate_limited() > 0 {
+        // What the relays said of the store (their breaker, their share), for the failure.
+        for r in relays.iter() {
+            let logs = r.logs();
+            let said: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("shared_state"))
+                .collect();
+            eprintln!("  {name}: relay log:\n{}", said.join("\n"));
+        }
+    }
     assert_eq!(mock.rate_limited(), 0, "{name}: the upstream answered 429");
     assert!(
         Tally::sum(&tally.relay_429) > 0,

@@ -602,7 +602,23 @@ fn shared_state_families(store: &crate::shared::Store) -> Vec<MetricFamily> {
     .expect("valid metric");
     ops.with_label_values(&["dropped"]).inc_by(s.dropped);
     ops.with_label_values(&["failed"]).inc_by(s.op_failures);
+    let calls = IntCounter::new(
+        "cc_relay_shared_calls_total",
+        "Script calls to the shared store carrying admissions and settlements (a call carries \
+         whatever a worker thread had waiting, so several per call under load).",
+    )
+    .expect("valid metric");
+    calls.inc_by(s.calls);
+    let given_back = IntCounter::new(
+        "cc_relay_shared_given_back_total",
+        "Admissions the shared store granted after their request had stopped waiting (timeout), \
+         given back at once.",
+    )
+    .expect("valid metric");
+    given_back.inc_by(s.given_back);
     let mut families = Vec::new();
+    families.extend(calls.collect());
+    families.extend(given_back.collect());
     families.extend(gauge(
         "cc_relay_shared_connected",
         "1 when a connection to the shared store exists.",

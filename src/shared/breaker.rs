@@ -13,6 +13,9 @@ const CLOSED: u64 = 0;
 
 pub struct Breaker {
     opened_at: AtomicU64,
+    /// Times it closed: a connection made before the last closing may have met the failure
+    /// that opened it.
+    closings: AtomicU64,
 }
 
 impl Breaker {
@@ -20,6 +23,7 @@ impl Breaker {
     pub fn new_open() -> Breaker {
         Breaker {
             opened_at: AtomicU64::new(now().max(1)),
+            closings: AtomicU64::new(0),
         }
     }
 
@@ -36,7 +40,13 @@ impl Breaker {
     }
 
     pub fn close(&self) {
+        self.closings.fetch_add(1, Relaxed);
         self.opened_at.store(CLOSED, Relaxed);
+    }
+
+    /// Times it closed so far.
+    pub fn closings(&self) -> u64 {
+        self.closings.load(Relaxed)
     }
 
     /// How long it has been open (zero when closed).
@@ -62,6 +72,7 @@ mod tests {
         assert!(!b.is_closed());
         b.close();
         assert!(b.is_closed());
+        assert_eq!(b.closings(), 1);
         assert!(b.open());
         assert!(!b.open(), "a second failure does not reopen it");
         assert!(!b.is_closed());

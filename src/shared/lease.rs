@@ -7,19 +7,13 @@ use std::time::Duration;
 
 use crate::pool::{Lease, Settlement};
 
+use super::link::{figure, Settle};
 use super::{KeyNames, Store};
 
-/// An operation for the store, run by the worker off the request path.
+/// An operation for the background task, off the request path.
 pub enum Op {
-    /// A reservation ended: `used` is the real usage, `None` gave it all back; `remaining` is
-    /// what the response's rate-limit headers said the key has left.
-    Settle {
-        names: Arc<KeyNames>,
-        member: String,
-        limits: [u64; 3],
-        used: Option<Settlement>,
-        remaining: [Option<u64>; 3],
-    },
+    /// A reservation ended off a worker thread (which has no line to the store of its own).
+    Settle(Settle),
     /// A cooldown (and the figures that came with it), at once (see `Store::learn`).
     Learn {
         names: Arc<KeyNames>,
@@ -37,8 +31,10 @@ const UNKNOWN: u64 = u64::MAX;
 pub struct SharedLease {
     store: Arc<Store>,
     names: Arc<KeyNames>,
-    /// The reservation's member in the key's in-flight set: its id and what it charged.
-    member: String,
+    /// The reservation's number (its member in the key's in-flight set names it).
+    seq: u64,
+    /// What the store charged for it.
+    charged: [u64; 3],
     limits: [u64; 3],
     remaining: [AtomicU64; 3],
 }
@@ -47,13 +43,15 @@ impl SharedLease {
     pub fn new(
         store: Arc<Store>,
         names: Arc<KeyNames>,
-        member: String,
+        seq: u64,
+        charged: [u64; 3],
         limits: [u64; 3],
     ) -> SharedLease {
         SharedLease {
             store,
             names,
-            member,
+            seq,
+            charged,
             limits,
             remaining: [const { AtomicU64::new(UNKNOWN) }; 3],
         }
@@ -65,15 +63,17 @@ impl Lease for SharedLease {
         let SharedLease {
             store,
             names,
-            member,
+            seq,
+            charged,
             limits,
             remaining,
         } = *self;
-        let remaining = remaining.map(|r| Some(r.into_inner()).filter(|&r| r != UNKNOWN));
-        store.send(Op::Settle {
+        let remaining = remaining.map(|r| figure(Some(r.into_inner()).filter(|&r| r != UNKNOWN)));
+        store.settle(Settle {
             names,
-            member,
+            seq,
             limits,
+            charged,
             used,
             remaining,
         });

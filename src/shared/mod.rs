@@ -1,11 +1,13 @@
 //! Key budgets and cooldowns shared by many relays through Redis or Valkey (`shared_state`).
 //!
 //! Each relay keeps its local pool (`crate::pool`) as a mirror and as its fallback. With the
-//! store reachable, an admission is one scripted round trip (`scripts::ADMIT`): the local pool
-//! proposes its preferred key and the others that look able to take the request, the store
+//! store reachable, an admission is one scripted round trip (`scripts::EXCHANGE`): the local
+//! pool proposes its preferred key and the others that look able to take the request, the store
 //! reserves on the first that really can (every relay's use counted, on the store's clock) and
-//! answers its balances, which the local mirror takes. Settlement, the upstream's rate-limit
-//! headers and cooldowns reach the store afterwards, off the request path (`worker`).
+//! answers its balances, which the local mirror takes. Each worker thread has its own line to
+//! the store (`link`), which sends the admissions and the ended reservations (settlements, with
+//! the upstream's rate-limit figures) that piled up while its previous call was out in one call.
+//! Cooldowns reach the store at once, off the request path (`worker`).
 //!
 //! When the store is slow or down, the breaker (`breaker`) opens and each relay keeps to its
 //! share of every key, 1/N of each limit with N the relays last seen alive (never fewer than
@@ -16,6 +18,7 @@
 mod breaker;
 mod keys;
 mod lease;
+mod link;
 mod scripts;
 mod stats;
 mod worker;
@@ -24,9 +27,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use once_cell::sync::OnceCell;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionManagerConfig;
 
 use crate::config::SharedStateConfig;
 use crate::pool::{Demand, Exhausted, KeyPool, Reservation, FULL_SHARE};
@@ -38,14 +40,16 @@ pub use worker::StoreTask;
 
 use breaker::Breaker;
 use lease::{Op, SharedLease};
-use stats::Stats;
+use link::{Answer, Candidate, Item};
+use stats::{Event, Stats};
 
 /// The window of every bucket, in the store's unit (µs).
 const WINDOW_US: u64 = 60_000_000;
 /// Candidate keys offered to the store per admission: the preferred one and the next best.
 const MAX_CANDIDATES: usize = 8;
-/// Ends of reservations and lessons waiting for the store; beyond this they are dropped
-/// (counted), and the reservations come back through refill when their lease runs out.
+/// Lessons (and ends of reservations made off a worker thread) waiting for the store; beyond
+/// this they are dropped (counted), and the reservations come back through refill when their
+/// lease runs out.
 const QUEUE: usize = 16_384;
 
 static STORE: OnceCell<Arc<Store>> = OnceCell::new();
@@ -76,12 +80,21 @@ pub enum Admission {
     Failed,
 }
 
+/// What each connection to the store is made from.
+struct Connect {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The longest a settlement, lesson or heartbeat waits for its answer.
+    op_timeout: Duration,
+}
+
 pub struct Store {
     config: SharedStateConfig,
     /// This process among the relays of the namespace (random per start).
     relay_id: String,
     relays_key: String,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// How to reach the store, once the background task has checked the URL.
+    connect: OnceCell<Connect>,
     breaker: Breaker,
     /// Relays alive at the last heartbeat (0 before the first).
     relays_alive: AtomicU32,
@@ -102,7 +115,7 @@ impl Store {
             ),
             relays_key: keys::relays_set(&config.namespace),
             config,
-            conn: ArcSwapOption::empty(),
+            connect: OnceCell::new(),
             breaker: Breaker::new_open(),
             relays_alive: AtomicU32::new(0),
             seq: AtomicU64::new(0),
@@ -148,7 +161,7 @@ impl Store {
                  at 1/{} of its limits until the store answers again",
                 FULL_SHARE / self.share_ppm()
             );
-            self.stats.breaker_opened();
+            self.stats.count(Event::BreakerOpened);
             // What this relay's mirror says of a key may be stale by whatever the others took
             // since its last admission there: each share starts empty and refills at 1/N of
             // the key's rate, so together the relays never take more than the key grants.
@@ -175,57 +188,64 @@ impl Store {
         first: Reservation,
         tried: &[usize],
     ) -> Admission {
-        let conn = match self.conn.load_full() {
-            Some(conn) if self.breaker.is_closed() => conn,
-            _ => {
-                // Open: `first` was reserved at this relay's share, which is the rule now.
-                self.stats.local();
-                return Admission::Granted(first);
-            }
-        };
-        let mut candidates = [0usize; MAX_CANDIDATES];
-        candidates[0] = first.index();
-        let n = 1 + pool.alternatives(first.index(), tried, &mut candidates[1..]);
-        let candidates = &candidates[..n];
-        let rid = format!("{}:{}", self.relay_id, self.seq.fetch_add(1, Relaxed));
-        let now = Instant::now();
-        let mut call = scripts::ADMIT.prepare_invoke();
-        call.arg(&rid)
-            .arg(self.config.lease.as_millis() as u64)
-            .arg(WINDOW_US)
-            .arg(n);
-        for &i in candidates {
-            let key = &pool.keys()[i];
-            let limits = key.whole_limits();
-            let debts = key.debts_at(now);
-            call.key(&*names[i].hash).key(&*names[i].flight);
-            call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
-            call.arg(1u64)
-                .arg(demand.input_tokens)
-                .arg(key.output_reservation(demand.max_tokens));
-            call.arg(key.max_in_flight());
-            for debt in debts {
-                call.arg(debt / 1_000);
-            }
+        if self.connect.get().is_none() || !self.breaker.is_closed() {
+            // Open: `first` was reserved at this relay's share, which is the rule now.
+            self.stats.count(Event::Local);
+            return Admission::Granted(first);
         }
-        let mut conn = (*conn).clone();
-        let answer = tokio::time::timeout(
-            self.config.timeout,
-            call.invoke_async::<Vec<i64>>(&mut conn),
-        )
-        .await;
+        let mut indices = [0usize; MAX_CANDIDATES];
+        indices[0] = first.index();
+        let n = 1 + pool.alternatives(first.index(), tried, &mut indices[1..]);
+        let now = Instant::now();
+        let candidates = indices[..n]
+            .iter()
+            .map(|&i| {
+                let key = &pool.keys()[i];
+                Candidate {
+                    names: names[i].clone(),
+                    limits: key.whole_limits(),
+                    demand: [
+                        1,
+                        demand.input_tokens,
+                        key.output_reservation(demand.max_tokens),
+                    ],
+                    cap: key.max_in_flight(),
+                    debts_us: key.debts_at(now).map(|d| d / 1_000),
+                }
+            })
+            .collect();
+        let seq = self.seq.fetch_add(1, Relaxed);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let item = Item::Admit(link::Admit {
+            seq,
+            candidates,
+            reply,
+        });
+        let Ok(()) = link::submit(self, item) else {
+            drop(first);
+            self.stats.count(Event::Error);
+            self.trip(state, "the line to the store is full");
+            return Admission::Failed;
+        };
+        let answer = tokio::time::timeout(self.config.timeout, answer).await;
         self.stats.observe(now.elapsed());
-        let reply = match answer {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
+        let answer = match answer {
+            Ok(Ok(Ok(answer))) => answer,
+            Ok(Ok(Err(why))) => {
                 drop(first);
-                self.stats.error();
-                self.trip(state, &error_kind(&e));
+                self.stats.count(Event::Error);
+                self.trip(state, &why);
+                return Admission::Failed;
+            }
+            Ok(Err(_)) => {
+                drop(first);
+                self.stats.count(Event::Error);
+                self.trip(state, "the line to the store closed");
                 return Admission::Failed;
             }
             Err(_) => {
                 drop(first);
-                self.stats.timeout();
+                self.stats.count(Event::Timeout);
                 self.trip(
                     state,
                     &format!("no answer within {:?}", self.config.timeout),
@@ -233,9 +253,13 @@ impl Store {
                 return Admission::Failed;
             }
         };
-        match reply.as_slice() {
-            [index, d0, d1, d2, c0, c1, c2] if *index >= 0 && (*index as usize) < n => {
-                let chosen = candidates[*index as usize];
+        match answer {
+            Answer::Chosen {
+                candidate,
+                debts_us,
+                charged,
+            } => {
+                let chosen = indices[candidate];
                 let mut reservation = if chosen == first.index() {
                     first
                 } else {
@@ -243,39 +267,41 @@ impl Store {
                     pool.reserve_admitted(chosen, demand)
                 };
                 let key = &pool.keys()[chosen];
-                let debts = [*d0, *d1, *d2].map(|d| (d.max(0) as u64).saturating_mul(1_000));
-                key.sync_debts_at(debts, Instant::now());
-                let charged = [*c0, *c1, *c2].map(|c| c.max(0) as u64);
+                key.sync_debts_at(debts_us.map(|d| d.saturating_mul(1_000)), Instant::now());
                 reservation.attach_lease(Box::new(SharedLease::new(
                     self.clone(),
                     names[chosen].clone(),
-                    format!("{rid}|{}|{}|{}", charged[0], charged[1], charged[2]),
+                    seq,
+                    charged,
                     key.whole_limits(),
                 )));
-                self.stats.admitted();
+                self.stats.count(Event::Admitted);
                 Admission::Granted(reservation)
             }
-            [-1, wait_us] => {
+            Answer::Refused { wait_us } => {
                 drop(first);
-                self.stats.refused();
+                self.stats.count(Event::Refused);
                 Admission::Refused(Exhausted {
-                    retry_after: Duration::from_micros((*wait_us).max(1_000) as u64),
+                    retry_after: Duration::from_micros(wait_us.max(1_000)),
                     all_disabled: false,
                 })
             }
-            _ => {
-                drop(first);
-                self.stats.error();
-                self.trip(state, "an answer of the wrong shape");
-                Admission::Failed
-            }
+        }
+    }
+
+    /// A reservation the store admitted has ended: to this thread's line to the store, or
+    /// (off a worker thread) to the background task. Never waits; a full queue drops it
+    /// (counted) and the reservation comes back through refill when its lease runs out.
+    fn settle(self: &Arc<Self>, settle: link::Settle) {
+        if let Err(Item::Settle(settle)) = link::submit(self, Item::Settle(settle)) {
+            self.send(Op::Settle(settle));
         }
     }
 
     /// Queue an operation for the store; never waits. A full queue drops it (counted).
     fn send(&self, op: Op) {
         if self.ops.try_send(op).is_err() {
-            self.stats.dropped();
+            self.stats.count(Event::Dropped);
         }
     }
 
@@ -303,7 +329,7 @@ impl Store {
     /// The store's state for `/status` and the metrics.
     pub fn status(&self) -> StoreStatus {
         self.stats.status(
-            self.conn.load().is_some(),
+            self.connect.get().is_some(),
             self.breaker.is_closed(),
             self.breaker.open_for(),
             self.relays_alive.load(Relaxed),

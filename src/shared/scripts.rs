@@ -28,153 +28,174 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// Reserve one request on the first of several candidate keys that can take it, in the
-/// caller's order. `KEYS`: per candidate its hash and its in-flight set. `ARGV`: reservation id,
-/// lease (ms), window (µs), candidate count, then per candidate ten numbers: the three limits
-/// (0 = unknown), the three demands, the cap on requests in flight (0 = none), and the three
-/// debts (µs) the relay itself knows for the key, used only when the store has no state for it
-/// (never seen, or lost in a restart without persistence). Returns `{index (0-based), debt0,
-/// debt1, debt2, charged0, charged1, charged2}`, or `{-1, wait_us}` when no candidate can take
-/// it now.
-pub static ADMIT: Lazy<Script> = Lazy::new(|| {
-    script(
-        r#"
-local now_ms = math.floor(now / 1000)
-local rid = ARGV[1]
-local lease = tonumber(ARGV[2])
-local W = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-local best = -1
-for i = 0, n - 1 do
-  local h = KEYS[2 * i + 1]
-  local f = KEYS[2 * i + 2]
-  local a = 5 + i * 10
-  local st = redis.call('HMGET', h, 't0', 't1', 't2', 'cool')
-  local tat = {}
-  for d = 0, 2 do
-    if st[d + 1] then
-      tat[d] = tonumber(st[d + 1])
-    else
-      -- No state: the relay's own view (the last it knew), never a full bucket by default.
-      tat[d] = now + tonumber(ARGV[a + 7 + d])
-    end
-  end
-  local cool = tonumber(st[4] or '0')
-  local wait = 0
-  if cool > now then wait = cool - now end
-  local next, charged = {}, {}
-  local horizon = cool - now
-  for d = 0, 2 do
-    local L = tonumber(ARGV[a + d])
-    local units = tonumber(ARGV[a + 3 + d])
-    if L > 0 then
-      if units > L then units = L end
-      local nt = math.max(tat[d], now) + units * W / L
-      if nt - now > W then wait = math.max(wait, nt - now - W) end
-      next[d] = nt
-      charged[d] = units
-    else
-      next[d] = tat[d]
-      charged[d] = 0
-    end
-    horizon = math.max(horizon, next[d] - now)
-  end
-  local cap = tonumber(ARGV[a + 6])
-  if wait == 0 then
-    -- Leases run out here: a dead relay's reservations stop counting as in flight.
-    redis.call('ZREMRANGEBYSCORE', f, '-inf', now_ms)
-    if cap > 0 and redis.call('ZCARD', f) >= cap then wait = 1000 end
-  end
-  -- The hash outlives a full refill twice over (and any cooldown), so expiry never brings a
-  -- bucket back fuller than it would be anyway.
-  local ttl = math.floor(horizon / 1000) + math.floor(2 * W / 1000)
-  if wait == 0 then
-    redis.call('HSET', h, 't0', int(next[0]), 't1', int(next[1]), 't2', int(next[2]))
-    redis.call('PEXPIRE', h, ttl)
-    local member = rid .. '|' .. int(charged[0]) .. '|' .. int(charged[1]) .. '|' .. int(charged[2])
-    redis.call('ZADD', f, now_ms + lease, member)
-    redis.call('PEXPIRE', f, math.max(ttl, lease))
-    return {i, math.floor(next[0] - now), math.floor(next[1] - now), math.floor(next[2] - now),
-            charged[0], charged[1], charged[2]}
-  end
-  if not st[1] then
-    -- Keep the seeded state even though this candidate could not take the request.
-    redis.call('HSET', h, 't0', int(tat[0]), 't1', int(tat[1]), 't2', int(tat[2]))
-    redis.call('PEXPIRE', h, ttl)
-  end
-  if best < 0 or wait < best then best = wait end
-end
-return {-1, math.floor(best)}
-"#,
-    )
-});
-
-/// End reservations, several per call (one pool's, so one hash tag): correct each to the real
-/// usage or give it all back, then apply what its response's rate-limit headers said (a
-/// `remaining` only ever lowers a balance: it is authoritative, but older than reservations made
-/// since). Idempotent: a reservation's member is removed from the in-flight set first, and only
-/// a call that removed it changes the buckets, so a batch retried after a lost reply is not
-/// applied twice, and a lease that already ran out is not refunded (its reservation came back
-/// through refill). The headers' figures apply either way. `KEYS`: per reservation its key's
-/// hash and in-flight set. `ARGV`: window (µs), then per reservation ten values: its member, the
-/// three limits, `release` (1: nothing used), the real input and output tokens, the three
-/// `remaining` figures (-1: not reported). Returns how many were applied.
-pub static SETTLE: Lazy<Script> = Lazy::new(|| {
+/// One round trip for everything a relay thread has for one pool: first the reservations that
+/// ended, then the admissions waiting, in order. Each key's hash is read at most once and
+/// written at most once per call, whatever the number of requests in it: a call from the script
+/// costs more than the arithmetic around it, and the call itself (its socket reads and writes)
+/// more than both.
+///
+/// `KEYS`: per key its hash and its in-flight set. `ARGV`: window (µs), lease (ms), then per key
+/// seven numbers: its three limits (0 = unknown), the three debts (µs) the relay itself knows
+/// for it, used only when the store has no state for the key (never seen, or lost in a restart
+/// without persistence) and an admission needs it, and the cap on requests in flight (0: none);
+/// then the settlement count, and per settlement eleven values: its key (1-based), its member,
+/// `release` (1: nothing used), the real input and output tokens, what the admission charged
+/// (three), and the response's three `remaining` figures (-1: not reported); then per admission:
+/// its member, the candidate count, and per candidate its key and its three demands.
+///
+/// Settlements are idempotent: a reservation's member is removed from the in-flight set first,
+/// and only the call that removed it corrects the buckets (to the real usage, or all given
+/// back), so a batch retried after a lost reply is not applied twice, and a lease that already
+/// ran out is not refunded (its reservation came back through refill). A `remaining` figure
+/// only ever lowers a balance (authoritative, but older than reservations made since), and
+/// applies either way. An admission reserves on its first candidate that can take it now.
+///
+/// Returns seven numbers per admission: `{index (0-based), debt0, debt1, debt2, charged0,
+/// charged1, charged2}`, or `{-1, wait_us, 0, 0, 0, 0, 0}` when no candidate can take it now.
+pub static EXCHANGE: Lazy<Script> = Lazy::new(|| {
     script(
         r#"
 local W = tonumber(ARGV[1])
-local applied = 0
-for i = 0, #KEYS / 2 - 1 do
-  local h, f = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local a = 2 + i * 10
-  local member = ARGV[a]
-  local removed = redis.call('ZREM', f, member) == 1
-  -- One read and one write of the hash per reservation: each call from the script costs more
-  -- than the arithmetic around it.
-  local st = redis.call('HMGET', h, 't0', 't1', 't2')
-  if st[1] then
-    local tat = {tonumber(st[1]), tonumber(st[2]), tonumber(st[3])}
-    local c = {}
-    if removed then
-      applied = applied + 1
-      for v in string.gmatch(member, '|(%d+)') do c[#c + 1] = tonumber(v) end
-    end
+local lease = tonumber(ARGV[2])
+local now_ms = math.floor(now / 1000)
+local keys = {}
+local a = 3
+for j = 1, #KEYS / 2 do
+  keys[j] = {h = KEYS[2 * j - 1], f = KEYS[2 * j], at = a,
+             L = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])},
+             cap = tonumber(ARGV[a + 6])}
+  a = a + 7
+end
+-- A key's state, read once: `t` stays nil when the store has none.
+local function load(j)
+  local k = keys[j]
+  if not k.read then
+    k.read = true
+    local st = redis.call('HMGET', k.h, 't0', 't1', 't2', 'cool')
+    if st[1] then k.t = {tonumber(st[1]), tonumber(st[2]), tonumber(st[3])} end
+    k.cool = tonumber(st[4] or '0')
+  end
+  return k
+end
+
+local settlements = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, settlements do
+  local k = load(tonumber(ARGV[a]))
+  local removed = redis.call('ZREM', k.f, ARGV[a + 1]) == 1
+  if k.t then
     local used = {0, 0, 0}
-    if ARGV[a + 4] ~= '1' then
-      used = {c[1] or 0, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
+    if ARGV[a + 2] ~= '1' then
+      used = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])}
     end
-    local changed = false
     for d = 1, 3 do
-      local L = tonumber(ARGV[a + d])
+      local L = k.L[d]
       if L > 0 then
         if removed then
-          local charged = c[d] or 0
+          local charged = tonumber(ARGV[a + 4 + d])
           local u = math.min(used[d], charged + L)
-          if u < charged then
-            tat[d] = tat[d] - (charged - u) * W / L
-            changed = true
-          elseif u > charged then
-            tat[d] = math.max(tat[d], now) + (u - charged) * W / L
-            changed = true
+          if u ~= charged then
+            if u < charged then
+              k.t[d] = k.t[d] - (charged - u) * W / L
+            else
+              k.t[d] = math.max(k.t[d], now) + (u - charged) * W / L
+            end
+            k.dirty = true
           end
         end
-        local r = tonumber(ARGV[a + 6 + d])
+        local r = tonumber(ARGV[a + 7 + d])
         if r >= 0 then
           if r > L then r = L end
           local floor = now + (L - r) * W / L
-          if floor > tat[d] then
-            tat[d] = floor
-            changed = true
+          if floor > k.t[d] then
+            k.t[d] = floor
+            k.dirty = true
           end
         end
       end
     end
-    if changed then
-      redis.call('HSET', h, 't0', int(tat[1]), 't1', int(tat[2]), 't2', int(tat[3]))
+  end
+  a = a + 11
+end
+
+local out = {}
+while a <= #ARGV do
+  local member = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local chosen, best = -1, -1
+  for i = 0, n - 1 do
+    if chosen < 0 then
+      local k = load(tonumber(ARGV[a]))
+      if not k.t then
+        -- No state: the relay's own view (the last it knew), never a full bucket by default.
+        k.t = {now + tonumber(ARGV[k.at + 3]), now + tonumber(ARGV[k.at + 4]),
+               now + tonumber(ARGV[k.at + 5])}
+        k.dirty = true
+      end
+      local wait = 0
+      if k.cool > now then wait = k.cool - now end
+      local next, charged = {}, {}
+      for d = 1, 3 do
+        local L = k.L[d]
+        local units = tonumber(ARGV[a + d])
+        if L > 0 then
+          if units > L then units = L end
+          next[d] = math.max(k.t[d], now) + units * W / L
+          if next[d] - now > W then wait = math.max(wait, next[d] - now - W) end
+          charged[d] = units
+        else
+          next[d] = k.t[d]
+          charged[d] = 0
+        end
+      end
+      if wait == 0 and k.cap > 0 then
+        if not k.in_flight then
+          -- Leases run out here: a dead relay's reservations stop counting as in flight.
+          redis.call('ZREMRANGEBYSCORE', k.f, '-inf', now_ms)
+          k.pruned = true
+          k.in_flight = redis.call('ZCARD', k.f)
+        end
+        if k.in_flight >= k.cap then wait = 1000 end
+      end
+      if wait == 0 then
+        k.t = next
+        k.dirty = true
+        k.added = true
+        if k.in_flight then k.in_flight = k.in_flight + 1 end
+        redis.call('ZADD', k.f, now_ms + lease, member)
+        chosen = i
+        out[#out + 1] = i
+        for d = 1, 3 do out[#out + 1] = math.floor(next[d] - now) end
+        for d = 1, 3 do out[#out + 1] = charged[d] end
+      elseif best < 0 or wait < best then
+        best = wait
+      end
+    end
+    a = a + 4
+  end
+  if chosen < 0 then
+    out[#out + 1] = -1
+    out[#out + 1] = math.floor(best)
+    for _ = 1, 5 do out[#out + 1] = 0 end
+  end
+end
+
+for _, k in ipairs(keys) do
+  if k.dirty then
+    redis.call('HSET', k.h, 't0', int(k.t[1]), 't1', int(k.t[2]), 't2', int(k.t[3]))
+    -- The hash outlives a full refill twice over (and any cooldown), so expiry never brings
+    -- a bucket back fuller than it would be anyway.
+    local horizon = math.max(k.cool - now, k.t[1] - now, k.t[2] - now, k.t[3] - now)
+    local ttl = math.floor(horizon / 1000) + math.floor(2 * W / 1000)
+    redis.call('PEXPIRE', k.h, ttl)
+    if k.added then
+      if not k.pruned then redis.call('ZREMRANGEBYSCORE', k.f, '-inf', now_ms) end
+      redis.call('PEXPIRE', k.f, math.max(ttl, lease))
     end
   end
 end
-return applied
+return out
 "#,
     )
 });

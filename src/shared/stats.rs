@@ -15,15 +15,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// What the store did, counted.
+#[derive(Clone, Copy)]
+pub enum Event {
+    Admitted,
+    Refused,
+    /// Admitted at this relay's share because the breaker was open.
+    Local,
+    Error,
+    Timeout,
+    /// A settlement or lesson dropped because the queue to the store was full.
+    Dropped,
+    /// A settlement or lesson the store failed after retries.
+    OpFailed,
+    BreakerOpened,
+    /// An admission the store granted after its request stopped waiting, given back at once.
+    GivenBack,
+    /// A script call carrying admissions and settlements.
+    Call,
+}
+const EVENTS: usize = Event::Call as usize + 1;
+
 pub struct Stats {
-    admitted: AtomicU64,
-    refused: AtomicU64,
-    local: AtomicU64,
-    errors: AtomicU64,
-    timeouts: AtomicU64,
-    dropped: AtomicU64,
-    op_failures: AtomicU64,
-    breaker_opened: AtomicU64,
+    counts: [AtomicU64; EVENTS],
     latency: Histogram,
 }
 
@@ -52,6 +66,11 @@ pub struct StoreStatus {
     /// Settlements and lessons the store failed after retries.
     pub op_failures: u64,
     pub breaker_opened: u64,
+    /// Admissions the store granted after their request had stopped waiting (a timeout), given
+    /// back at once.
+    pub given_back: u64,
+    /// Script calls that carried admissions and settlements (several per call under load).
+    pub calls: u64,
     /// Admission round trips, approximate (upper bounds of histogram buckets), in µs.
     pub latency_p50_us: Option<u64>,
     pub latency_p99_us: Option<u64>,
@@ -60,14 +79,7 @@ pub struct StoreStatus {
 impl Stats {
     pub fn new() -> Stats {
         Stats {
-            admitted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            local: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            op_failures: AtomicU64::new(0),
-            breaker_opened: AtomicU64::new(0),
+            counts: [const { AtomicU64::new(0) }; EVENTS],
             latency: Histogram::with_opts(
                 HistogramOpts::new(
                     crate::admin::metrics::SHARED_ADMISSION_SECONDS,
@@ -79,30 +91,14 @@ impl Stats {
         }
     }
 
-    pub fn admitted(&self) {
-        self.admitted.fetch_add(1, Relaxed);
+    pub fn count(&self, event: Event) {
+        self.counts[event as usize].fetch_add(1, Relaxed);
     }
-    pub fn refused(&self) {
-        self.refused.fetch_add(1, Relaxed);
+
+    fn get(&self, event: Event) -> u64 {
+        self.counts[event as usize].load(Relaxed)
     }
-    pub fn local(&self) {
-        self.local.fetch_add(1, Relaxed);
-    }
-    pub fn error(&self) {
-        self.errors.fetch_add(1, Relaxed);
-    }
-    pub fn timeout(&self) {
-        self.timeouts.fetch_add(1, Relaxed);
-    }
-    pub fn dropped(&self) {
-        self.dropped.fetch_add(1, Relaxed);
-    }
-    pub fn op_failed(&self) {
-        self.op_failures.fetch_add(1, Relaxed);
-    }
-    pub fn breaker_opened(&self) {
-        self.breaker_opened.fetch_add(1, Relaxed);
-    }
+
     pub fn observe(&self, took: Duration) {
         self.latency.observe(took.as_secs_f64());
     }
@@ -143,14 +139,16 @@ impl Stats {
             relays,
             share: 1.0 / share_divisor,
             timeout_ms: config.timeout.as_millis() as u64,
-            admitted: self.admitted.load(Relaxed),
-            refused: self.refused.load(Relaxed),
-            local_admissions: self.local.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            timeouts: self.timeouts.load(Relaxed),
-            dropped: self.dropped.load(Relaxed),
-            op_failures: self.op_failures.load(Relaxed),
-            breaker_opened: self.breaker_opened.load(Relaxed),
+            admitted: self.get(Event::Admitted),
+            refused: self.get(Event::Refused),
+            local_admissions: self.get(Event::Local),
+            errors: self.get(Event::Error),
+            timeouts: self.get(Event::Timeout),
+            dropped: self.get(Event::Dropped),
+            op_failures: self.get(Event::OpFailed),
+            breaker_opened: self.get(Event::BreakerOpened),
+            given_back: self.get(Event::GivenBack),
+            calls: self.get(Event::Call),
             latency_p50_us: quantile(0.5),
             latency_p99_us: quantile(0.99),
         }

@@ -11,7 +11,9 @@ use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::lease::Op;
-use super::{error_kind, scripts, Store, WINDOW_US};
+use super::link::{self, figure};
+use super::stats::Event;
+use super::{error_kind, scripts, Connect, KeyNames, Store, WINDOW_US};
 use crate::proxy::SharedState;
 
 /// How often each relay stamps itself alive and probes the store.
@@ -23,9 +25,9 @@ const RELAY_EXPIRY_MS: u64 = 3_000;
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// Script calls in flight to the store at once (the connection pipelines them).
 const OP_CONCURRENCY: usize = 64;
-/// Settlements of one pool sent in one script call at most.
+/// Operations taken from the queue at once.
 const BATCH: usize = 64;
-/// Tries per settlement or lesson (each is idempotent, or only ever lowers a balance).
+/// Tries per lesson (each only ever lowers a balance).
 const OP_TRIES: u32 = 3;
 
 /// Runs the store's connection for the process (`shared_state`).
@@ -58,19 +60,26 @@ impl BackgroundService for StoreTask {
             .set_response_timeout(Some(op_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = match ConnectionManager::new_lazy_with_config(client, manager) {
+        let conn = match ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()) {
             Ok(conn) => conn,
             Err(e) => {
                 log::error!("shared_state: {}; budgets stay local", error_kind(&e));
                 return;
             }
         };
-        store.conn.store(Some(Arc::new(conn.clone())));
+        // From now on each worker thread opens its own line to the store (`link`).
+        let _ = store.connect.set(Connect {
+            client,
+            config: manager,
+            op_timeout,
+        });
 
         let consumer = tokio::spawn(consume(store.clone(), ops, conn.clone(), op_timeout));
 
         let mut conn = conn;
         let mut shared_once = false;
+        // Since when the store has answered without a break (set when the breaker closes).
+        let mut answering_since: Option<Instant> = None;
         loop {
             let beat = Instant::now();
             let alive = tokio::time::timeout(
@@ -83,14 +92,27 @@ impl BackgroundService for StoreTask {
             )
             .await;
             match alive {
-                Ok(Ok(relays)) => {
-                    store.relays_alive.store(relays.max(1), Relaxed);
+                Ok(Ok(counted)) => {
+                    // A store that lost its state (restarted empty) counts only the relays that
+                    // stamped since: the count may only fall once every live relay has had
+                    // time to stamp again, or a relay tripping meanwhile would keep to too
+                    // large a share.
+                    if !store.breaker.is_closed() {
+                        answering_since = None;
+                    }
+                    let known = store.relays_alive.load(Relaxed);
+                    let settled = answering_since.is_some_and(|t: Instant| {
+                        t.elapsed().as_millis() as u64 >= RELAY_EXPIRY_MS
+                    });
+                    let relays = if settled { counted } else { counted.max(known) }.max(1);
+                    store.relays_alive.store(relays, Relaxed);
                     if !store.breaker.is_closed()
                         && (!shared_once || store.breaker.open_for() >= REOPEN_AFTER)
                     {
                         match reseed(&self.state, &mut conn, op_timeout, relays, shared_once).await
                         {
                             Ok(keys) => {
+                                answering_since = Some(Instant::now());
                                 store.breaker.close();
                                 store.apply_share(&self.state.current.load());
                                 log::info!(
@@ -103,11 +125,17 @@ impl BackgroundService for StoreTask {
                         }
                     }
                 }
-                Ok(Err(e)) => store.trip(&self.state.current.load(), &error_kind(&e)),
-                Err(_) => store.trip(
-                    &self.state.current.load(),
-                    &format!("heartbeat unanswered within {op_timeout:?}"),
-                ),
+                Ok(Err(e)) => {
+                    answering_since = None;
+                    store.trip(&self.state.current.load(), &error_kind(&e))
+                }
+                Err(_) => {
+                    answering_since = None;
+                    store.trip(
+                        &self.state.current.load(),
+                        &format!("heartbeat unanswered within {op_timeout:?}"),
+                    )
+                }
             }
             let next = HEARTBEAT.saturating_sub(beat.elapsed());
             tokio::select! {
@@ -185,78 +213,60 @@ async fn consume(
     let slots = Arc::new(tokio::sync::Semaphore::new(OP_CONCURRENCY));
     let mut batch = Vec::with_capacity(BATCH);
     while ops.recv_many(&mut batch, BATCH).await > 0 {
-        let mut groups: Vec<(Option<Arc<str>>, Vec<Op>)> = Vec::new();
+        let mut settles = Vec::new();
         for op in batch.drain(..) {
-            let tag = match &op {
-                Op::Settle { names, .. } => Some(names.tag.clone()),
-                Op::Learn { .. } => None,
+            let (names, limits, remaining, bench) = match op {
+                Op::Settle(settle) => {
+                    settles.push(settle);
+                    continue;
+                }
+                Op::Learn {
+                    names,
+                    limits,
+                    remaining,
+                    bench,
+                } => (names, limits, remaining, bench),
             };
-            match groups.iter_mut().find(|(t, _)| tag.is_some() && *t == tag) {
-                Some((_, group)) => group.push(op),
-                None => groups.push((tag, vec![op])),
-            }
-        }
-        for (_, group) in groups {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
             let (store, conn) = (store.clone(), conn.clone());
             tokio::spawn(async move {
-                run(&store, conn, &group, op_timeout).await;
+                learn(&store, conn, &names, limits, remaining, bench, op_timeout).await;
+                drop(slot);
+            });
+        }
+        if !settles.is_empty() {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (store, conn) = (store.clone(), conn.clone());
+            tokio::spawn(async move {
+                link::settle_from_background(&store, &conn, settles, op_timeout).await;
                 drop(slot);
             });
         }
     }
 }
 
-/// One script call for `group` (settlements of one pool, or one cooldown), tried `OP_TRIES`
-/// times: each is idempotent, or only ever lowers a balance.
-async fn run(store: &Store, mut conn: ConnectionManager, group: &[Op], op_timeout: Duration) {
+/// A cooldown for every relay, tried `OP_TRIES` times (it only ever lowers a balance).
+async fn learn(
+    store: &Store,
+    mut conn: ConnectionManager,
+    names: &KeyNames,
+    limits: [u64; 3],
+    remaining: [Option<u64>; 3],
+    bench: Duration,
+    op_timeout: Duration,
+) {
     for attempt in 1..=OP_TRIES {
-        let call = match &group[0] {
-            Op::Learn {
-                names,
-                limits,
-                remaining,
-                bench,
-            } => {
-                let mut call = scripts::LEARN.prepare_invoke();
-                call.key(&*names.hash).arg(WINDOW_US);
-                call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
-                for r in remaining {
-                    call.arg(figure(*r));
-                }
-                call.arg(bench.as_micros() as u64);
-                call
-            }
-            Op::Settle { .. } => {
-                let mut call = scripts::SETTLE.prepare_invoke();
-                call.arg(WINDOW_US);
-                for op in group {
-                    let Op::Settle {
-                        names,
-                        member,
-                        limits,
-                        used,
-                        remaining,
-                    } = op
-                    else {
-                        continue;
-                    };
-                    call.key(&*names.hash).key(&*names.flight);
-                    call.arg(member.as_str());
-                    call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
-                    match used {
-                        None => call.arg(1u8).arg(0u64).arg(0u64),
-                        Some(u) => call.arg(0u8).arg(u.input_tokens).arg(u.output_tokens),
-                    };
-                    for r in remaining {
-                        call.arg(figure(*r));
-                    }
-                }
-                call
-            }
-        };
+        let mut call = scripts::LEARN.prepare_invoke();
+        call.key(&*names.hash).arg(WINDOW_US);
+        call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
+        for r in remaining {
+            call.arg(figure(r));
+        }
+        call.arg(bench.as_micros() as u64);
         let result = tokio::time::timeout(op_timeout, call.invoke_async::<i64>(&mut conn)).await;
         if matches!(result, Ok(Ok(_))) {
             return;
@@ -265,12 +275,5 @@ async fn run(store: &Store, mut conn: ConnectionManager, group: &[Op], op_timeou
             tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
         }
     }
-    for _ in group {
-        store.stats.op_failed();
-    }
-}
-
-/// A `remaining` figure as the scripts take it (-1: not reported).
-fn figure(remaining: Option<u64>) -> i64 {
-    remaining.map_or(-1, |r| r.min(i64::MAX as u64) as i64)
+    store.stats.count(Event::OpFailed);
 }
