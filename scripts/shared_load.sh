@@ -140,4 +140,7 @@ print(f"- paced run (~1,000 req/s): p50 ≤ {paced['latency_p50_us']} µs, p99 �
 print(f"- paced and saturated runs together: p50 ≤ {final['latency_p50_us']} µs, p99 ≤ {final['latency_p99_us']} µs "
       f"({final['admitted']:,} admitted, {final['errors']} errors, {final['timeouts']} timeouts, "
       f"{final['dropped']} settlements dropped, breaker opened {final['breaker_opened']} times)")
+print(f"- script calls to the store: {final['calls']:,} for {final['admitted']:,} admissions and as many "
+      f"settlements ({final['admitted'] / max(final['calls'], 1):.1f} admissions per call; "
+      f"paced run alone: {paced['admitted'] / max(paced['calls'], 1):.1f})")
 PY

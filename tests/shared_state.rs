@@ -518,6 +518,42 @@ async fn a_429_seen_by_one_relay_cools_the_key_everywhere() {
     }
 }
 
+/// `max_concurrent` is a key's cap on requests in flight across every relay: each key allows
+/// one, the upstream holds each request for a second, and nine requests arrive at once through
+/// three relays; two are served (one per key). Without `shared_state` each relay allows one per
+/// key, so more get through (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_concurrent_is_shared_by_the_relays() {
+    for shared in [true, false] {
+        let redis = RedisServer::start();
+        let mock = start_mock(KeyLimits::default(), Duration::ZERO, Duration::from_secs(1)).await;
+        let body = relay_body(&mock, shared.then_some((&redis, ""))).replace(
+            &format!("rpm_limit: {RPM}\n"),
+            &format!("rpm_limit: {RPM}\n        max_concurrent: 1\n"),
+        );
+        let relays = start_relays(&body, 3);
+        if shared {
+            wait_shared(&relays, 3).await;
+        }
+        let request = message_body("claude-sonnet-4-5", false);
+        let answers =
+            futures::future::join_all((0..9).map(|i| post_messages(&relays[i % 3], &request, &[])))
+                .await;
+        let served = answers.iter().filter(|r| r.status() == 200).count();
+        if shared {
+            assert_eq!(
+                served, 2,
+                "two keys of max_concurrent 1 served {served} at once"
+            );
+        } else {
+            assert!(
+                served > 2,
+                "control: without shared_state each relay allows one per key, {served} served"
+            );
+        }
+    }
+}
+
 /// A reload that adds a key: the new key is shared too (its budget lives in the store), and
 /// requests keep flowing through the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -161,9 +161,11 @@ while a <= #ARGV do
       if wait == 0 then
         k.t = next
         k.dirty = true
-        k.added = true
         if k.in_flight then k.in_flight = k.in_flight + 1 end
-        redis.call('ZADD', k.f, now_ms + lease, member)
+        -- Added to the in-flight set at the end, all of the key's in one call.
+        k.added = k.added or {}
+        k.added[#k.added + 1] = now_ms + lease
+        k.added[#k.added + 1] = member
         chosen = i
         out[#out + 1] = i
         for d = 1, 3 do out[#out + 1] = math.floor(next[d] - now) end
@@ -191,6 +193,7 @@ for _, k in ipairs(keys) do
     redis.call('PEXPIRE', k.h, ttl)
     if k.added then
       if not k.pruned then redis.call('ZREMRANGEBYSCORE', k.f, '-inf', now_ms) end
+      redis.call('ZADD', k.f, unpack(k.added))
       redis.call('PEXPIRE', k.f, math.max(ttl, lease))
     end
   end
