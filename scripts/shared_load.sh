@@ -67,19 +67,33 @@ if pace > 0 then
 end
 LUA
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# run PORT PID CONNS PACE_MS: "req/s p50_us p99_us relay_cpu_s_per_1k redis_cpu_s_per_1k"
+# CPU ticks of each worker thread ("cc-relay N") of relay PID, comma-separated.
+thread_ticks() {
+  local t out=""
+  for t in /proc/"$1"/task/*; do
+    grep -qE '^cc-relay [0-9]+$' "$t/comm" && out+="$(awk '{ print $14 + $15 }' "$t/stat"),"
+  done
+  echo "${out%,}"
+}
+# run PORT PID CONNS PACE_MS: "req/s p50_us p99_us relay_cpu_s_per_1k redis_cpu_s_per_1k
+# busiest_thread_share" (the last: the busiest worker thread's part of the worker threads' CPU;
+# the kernel hands wrk's connections to the per-thread services unevenly, see "Lever 1")
 run() {
-  local before after out rbefore rafter
+  local before after out rbefore rafter tbefore tafter
   before=$(ticks "$2")
   rbefore=$(ticks "$REDIS_PID")
+  tbefore=$(thread_ticks "$2")
   out=$(PACE_MS="$4" wrk -t1 -c"$3" -d"${DURATION}s" --latency -s "$DIR/post.lua" \
     "http://127.0.0.1:$1/v1/messages")
   after=$(ticks "$2")
   rafter=$(ticks "$REDIS_PID")
-  python3 - "$before" "$after" "$(getconf CLK_TCK)" "$rbefore" "$rafter" <<PY
+  tafter=$(thread_ticks "$2")
+  python3 - "$before" "$after" "$(getconf CLK_TCK)" "$rbefore" "$rafter" "$tbefore" "$tafter" <<PY
 import re, sys
 out = """$out"""
-before, after, hz, rbefore, rafter = map(int, sys.argv[1:])
+before, after, hz, rbefore, rafter = map(int, sys.argv[1:6])
+threads = [b - a for a, b in zip(map(int, sys.argv[6].split(",")), map(int, sys.argv[7].split(",")))]
+busiest = max(threads) / max(sum(threads), 1)
 reqs = int(re.search(r"(\d+) requests in", out).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 def lat(p):
@@ -90,7 +104,7 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if errors or "Socket errors" in out:
     print("errors in run:", out, file=sys.stderr)
 print(f"{rps:.0f} {lat(50):.0f} {lat(99):.0f} {(after - before) / hz / reqs * 1000:.4f} "
-      f"{(rafter - rbefore) / hz / reqs * 1000:.4f}")
+      f"{(rafter - rbefore) / hz / reqs * 1000:.4f} {busiest:.2f}")
 PY
 }
 wrk -t1 -c"$CONNS" -d2s -s "$DIR/post.lua" "http://127.0.0.1:$PLAIN_PORT/v1/messages" >/dev/null
@@ -114,7 +128,7 @@ import json, statistics, sys
 stamp, conns, dur, reps, threads = sys.argv[1:6]
 def runs(s):
     vals = list(map(float, s.split()))
-    return [vals[i:i + 5] for i in range(0, len(vals), 5)]
+    return [vals[i:i + 6] for i in range(0, len(vals), 6)]
 plain, shared = runs(sys.argv[6]), runs(sys.argv[7])
 paced_plain, paced_shared = runs(sys.argv[8])[0], runs(sys.argv[9])[0]
 paced, final = json.loads(sys.argv[10])["shared_state"], json.loads(sys.argv[11])["shared_state"]
@@ -127,7 +141,18 @@ print("|---|---:|---:|---:|---:|---:|")
 print(f"| without shared_state | {med(plain,0):,.0f} | {med(plain,1):.0f} | {med(plain,2):.0f} | {med(plain,3):.3f} | – |")
 print(f"| with shared_state | {med(shared,0):,.0f} | {med(shared,1):.0f} | {med(shared,2):.0f} | {med(shared,3):.3f} | {med(shared,4):.3f} |")
 print(f"| ratio with/without | {med(shared,0)/med(plain,0):.2f} | | | {med(shared,3)/med(plain,3):.2f} | |\n")
-print(f"Per repetition req/s: without {[round(r[0]) for r in plain]}, with {[round(r[0]) for r in shared]}.\n")
+print(f"Per repetition req/s (busiest worker thread's share of the relay's worker CPU): "
+      f"without {[(round(r[0]), r[5]) for r in plain]}, with {[(round(r[0]), r[5]) for r in shared]}.\n")
+one = lambda rows: [r[0] for r in rows if r[5] >= 0.9]
+both = lambda rows: [r[0] for r in rows if r[5] < 0.9]
+for label, pick in (("on one worker thread (busiest >= 90 %)", one), ("spread over the threads", both)):
+    p, s = pick(plain), pick(shared)
+    if p and s:
+        print(f"- repetitions {label}: without {statistics.median(p):,.0f}, with {statistics.median(s):,.0f} req/s "
+              f"(ratio {statistics.median(s) / statistics.median(p):.2f}; {len(p)} and {len(s)} repetitions)")
+    else:
+        print(f"- repetitions {label}: {len(p)} without, {len(s)} with")
+print()
 print("Paced, ~1,000 req/s (10 connections):\n")
 print("| | p50 µs | p99 µs |")
 print("|---|---:|---:|")

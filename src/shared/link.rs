@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +28,10 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 64;
 /// Tries per settlement (each is idempotent).
 const SETTLE_TRIES: u32 = 3;
+/// Script calls a link has out at once (the connection pipelines them): a second call lets
+/// what arrived meanwhile go before the first is answered, so under load a request waits for
+/// about one round trip rather than up to two.
+const CALLS_IN_FLIGHT: usize = 2;
 /// Pause before a failed settlement is tried again (unless other work goes out sooner).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -121,7 +126,8 @@ pub fn submit(store: &Arc<Store>, item: Item) -> Result<(), Item> {
     })
 }
 
-/// The link's task: one call per pool for whatever is waiting, then the next.
+/// The link's task: one call per pool for whatever is waiting, up to `CALLS_IN_FLIGHT` calls
+/// out at once; what arrives meanwhile waits for the next.
 async fn drive(store: Arc<Store>, mut rx: mpsc::Receiver<Item>) {
     let Some(connect) = store.connect.get() else {
         return;
@@ -131,20 +137,25 @@ async fn drive(store: Arc<Store>, mut rx: mpsc::Receiver<Item>) {
     let mut line: Option<(ConnectionManager, u64)> = None;
     let mut items: Vec<Item> = Vec::with_capacity(BATCH);
     let mut retry: Vec<(Settle, u32)> = Vec::new();
-    let mut member = String::new();
+    let mut calls = FuturesUnordered::new();
     loop {
-        let got = if retry.is_empty() {
-            rx.recv_many(&mut items, BATCH).await
-        } else {
-            tokio::select! {
-                got = rx.recv_many(&mut items, BATCH) => got,
-                _ = tokio::time::sleep(RETRY_PAUSE) => 1,
+        let room = calls.len() < CALLS_IN_FLIGHT;
+        tokio::select! {
+            got = rx.recv_many(&mut items, BATCH), if room => {
+                if got == 0 {
+                    break;
+                }
             }
-        };
-        if got == 0 {
-            break;
+            _ = tokio::time::sleep(RETRY_PAUSE), if room && !retry.is_empty() => {}
+            Some((ok, mut failed)) = calls.next(), if !calls.is_empty() => {
+                let ok: bool = ok;
+                retry.append(&mut failed);
+                if !ok {
+                    line = None;
+                }
+                continue;
+            }
         }
-        let mut groups = group(items.drain(..), retry.drain(..));
         // Made here, so the connection (and any reconnection) is driven by this thread; made
         // again after a failed call or an outage of the store (the breaker closed again since),
         // so that once the store answers again the first call does not meet the broken one
@@ -163,27 +174,12 @@ async fn drive(store: Arc<Store>, mut rx: mpsc::Receiver<Item>) {
                 }
             },
         };
-        let mut ok = true;
-        if groups.len() == 1 {
-            let mut g = groups.pop().unwrap_or_default();
-            ok &= exchange(&store, &conn, &mut g, op_timeout, &mut member).await;
-            retry.append(&mut g.failed);
-        } else {
-            let calls = groups.iter_mut().map(|g| {
-                let conn = conn.clone();
-                let store = &store;
-                async move { exchange(store, &conn, g, op_timeout, &mut String::new()).await }
+        for mut g in group(items.drain(..), retry.drain(..)) {
+            let (store, conn) = (store.clone(), conn.clone());
+            calls.push(async move {
+                let ok = exchange(&store, &conn, &mut g, op_timeout, &mut String::new()).await;
+                (ok, g.failed)
             });
-            ok &= futures::future::join_all(calls)
-                .await
-                .into_iter()
-                .all(|ok| ok);
-            for g in &mut groups {
-                retry.append(&mut g.failed);
-            }
-        }
-        if !ok {
-            line = None;
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The store's background task, inside Pingora's runtime: the connection, the heartbeat that
-//! counts the relays and moves the breaker, and the queue of settlements and lessons.
+//! The store's background task, inside Pingora's runtime: its own connection, the heartbeat
+//! that counts the relays and moves the breaker, and the queue of cooldowns (and of the rare
+//! settlement made off a worker thread; the others go through each thread's `link`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
