@@ -1,6 +1,7 @@
 //! A worker thread's line to the store. The thread's admissions and the reservations that ended
-//! on it go to one task on the same thread, which sends whatever piled up while its previous
-//! call was out as one script call per pool (`scripts::EXCHANGE`) on a connection of its own.
+//! on it go to one task on the same thread, which sends whatever piled up while its calls were
+//! out as one script call per pool (`scripts::EXCHANGE`) on a connection of its own, with at
+//! most `CALLS_IN_FLIGHT` calls out at once.
 //!
 //! Why per thread: a request hands its admission to a task its own thread runs, and the answer
 //! comes back the same way, so no request wakes another thread (each one-request round trip

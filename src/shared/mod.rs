@@ -6,7 +6,7 @@
 //! reserves on the first that really can (every relay's use counted, on the store's clock) and
 //! answers its balances, which the local mirror takes. Each worker thread has its own line to
 //! the store (`link`), which sends the admissions and the ended reservations (settlements, with
-//! the upstream's rate-limit figures) that piled up while its previous call was out in one call.
+//! the upstream's rate-limit figures) that piled up while its calls were out in one call.
 //! Cooldowns reach the store at once, off the request path (`worker`).
 //!
 //! When the store is slow or down, the breaker (`breaker`) opens and each relay keeps to its
