@@ -279,7 +279,64 @@ fn toml_to_yaml(value: toml::Value) -> Value {
     }
 }
 
+/// Values a `${VAR}` put into the config at least this long are never quoted by an error or a
+/// warning, wherever in a message they landed: such a value may be a credential, and shorter
+/// ones (ports, flags) are what the messages need to show.
+const HIDDEN_FROM: usize = 8;
+
 pub(crate) fn load_format_with_env(
+    text: &str,
+    format: Format,
+    env: Env<'_>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let substituted = std::cell::RefCell::new(Vec::<String>::new());
+    let recording = |name: &str| {
+        let value = env(name);
+        if let Some(v) = value.as_ref().filter(|v| v.len() >= HIDDEN_FROM) {
+            substituted.borrow_mut().push(v.clone());
+        }
+        value
+    };
+    let loaded = load_expanded(text, format, &recording);
+    let substituted = substituted.into_inner();
+    match loaded {
+        Ok((config, mut warnings)) => {
+            for warning in &mut warnings {
+                hide(warning, &substituted);
+            }
+            Ok((config, warnings))
+        }
+        Err(mut error) => {
+            hide_in_error(&mut error, &substituted);
+            Err(error)
+        }
+    }
+}
+
+/// Replace every value of `substituted` in `message`.
+fn hide(message: &mut String, substituted: &[String]) {
+    for value in substituted {
+        if message.contains(value.as_str()) {
+            *message = message.replace(value.as_str(), "(a value from the environment, not shown)");
+        }
+    }
+}
+
+fn hide_in_error(error: &mut ConfigError, substituted: &[String]) {
+    match error {
+        ConfigError::Invalid { message, .. } | ConfigError::Syntax { message, .. } => {
+            hide(message, substituted)
+        }
+        ConfigError::Many { errors } => {
+            for e in errors {
+                hide_in_error(e, substituted);
+            }
+        }
+        ConfigError::Io { .. } => {}
+    }
+}
+
+fn load_expanded(
     text: &str,
     format: Format,
     env: Env<'_>,

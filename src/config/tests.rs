@@ -1803,3 +1803,16 @@ fn an_error_does_not_quote_a_value_holding_a_key() {
     assert!(e[0].contains("metrics.prometheus_endpoint"), "{e:?}");
     assert!(!e.join("\n").contains("sk-ant-secret"), "{e:?}");
 }
+
+/// Any value a `${VAR}` put into the config, whatever it looks like, stays out of the errors
+/// (the loader hides it in every message), while the rest of the message is kept.
+#[test]
+fn an_error_does_not_quote_any_value_from_the_environment() {
+    let e = errors_env(
+        "metrics:\n  prometheus_endpoint: \"metrics-${TOKEN}\"\n",
+        &[("TOKEN", "AKIAIOSFODNN7EXAMPLE")],
+    );
+    assert!(e[0].contains("must be a path starting with /"), "{e:?}");
+    assert!(e[0].contains("not shown"), "{e:?}");
+    assert!(!e.join("\n").contains("AKIAIOSFODNN7EXAMPLE"), "{e:?}");
+}

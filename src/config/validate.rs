@@ -1237,10 +1237,10 @@ fn logging(raw: RawLogging, c: &mut Ctx) -> LoggingConfig {
     }
 }
 
-/// A user-supplied value quoted for an error message, unless it could be or hold a credential
-/// (a `${VAR}` may have put one anywhere in it).
+/// A user-supplied value quoted for an error message, unless it could be a credential written
+/// in the file (what a `${VAR}` put anywhere in it is hidden from every message by the loader).
 fn shown(s: &str) -> String {
-    if s.len() > 64 || s.contains("sk-") {
+    if s.len() > 64 || s.starts_with("sk-") {
         "(value not shown)".to_string()
     } else {
         format!("{s:?}")
