@@ -221,36 +221,20 @@ impl Store {
             candidates,
             reply,
         });
-        let Ok(()) = link::submit(self, item) else {
-            drop(first);
-            self.stats.count(Event::Error);
-            self.trip(state, "the line to the store is full");
-            return Admission::Failed;
-        };
+        if link::submit(self, item).is_err() {
+            return self.failed(state, first, Event::Error, "the line to the store is full");
+        }
         let answer = tokio::time::timeout(self.config.timeout, answer).await;
         self.stats.observe(now.elapsed());
         let answer = match answer {
             Ok(Ok(Ok(answer))) => answer,
-            Ok(Ok(Err(why))) => {
-                drop(first);
-                self.stats.count(Event::Error);
-                self.trip(state, &why);
-                return Admission::Failed;
-            }
+            Ok(Ok(Err(why))) => return self.failed(state, first, Event::Error, &why),
             Ok(Err(_)) => {
-                drop(first);
-                self.stats.count(Event::Error);
-                self.trip(state, "the line to the store closed");
-                return Admission::Failed;
+                return self.failed(state, first, Event::Error, "the line to the store closed")
             }
             Err(_) => {
-                drop(first);
-                self.stats.count(Event::Timeout);
-                self.trip(
-                    state,
-                    &format!("no answer within {:?}", self.config.timeout),
-                );
-                return Admission::Failed;
+                let why = format!("no answer within {:?}", self.config.timeout);
+                return self.failed(state, first, Event::Timeout, &why);
             }
         };
         match answer {
@@ -289,6 +273,21 @@ impl Store {
         }
     }
 
+    /// The store failed an admission (`event` says how): `first` is given back, the breaker
+    /// opens, and the caller reserves again at the local share.
+    fn failed(
+        &self,
+        state: &RuntimeState,
+        first: Reservation,
+        event: Event,
+        why: &str,
+    ) -> Admission {
+        drop(first);
+        self.stats.count(event);
+        self.trip(state, why);
+        Admission::Failed
+    }
+
     /// A reservation the store admitted has ended: to this thread's line to the store, or
     /// (off a worker thread) to the background task. Never waits; a full queue drops it
     /// (counted) and the reservation comes back through refill when its lease runs out.
@@ -315,9 +314,6 @@ impl Store {
         remaining: [Option<u64>; 3],
         bench: Duration,
     ) {
-        if remaining.iter().all(Option::is_none) && bench.is_zero() {
-            return;
-        }
         self.send(Op::Learn {
             names: names.clone(),
             limits,
