@@ -26,16 +26,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let format = if first & 1 == 0 { Format::Yaml } else { Format::Toml };
+    // A file that holds the secret itself may see it quoted back (a table named after it is an
+    // unknown field); the property is about what the environment supplied.
+    let written = text.contains(SECRET);
     match load_str_as_with_env(text, format, &env) {
         Ok((config, warnings)) => {
             for w in &warnings {
-                assert!(!w.contains(SECRET), "a warning shows a secret: {w}");
+                assert!(written || !w.contains(SECRET), "a warning shows a secret: {w}");
             }
             assert!(!format!("{config:?}").contains(SECRET), "Debug shows a secret");
         }
         Err(e) => {
             let shown = e.to_string();
-            assert!(!shown.contains(SECRET), "an error shows a secret: {shown}");
+            assert!(
+                written || !shown.contains(SECRET),
+                "an error shows a secret: {shown}"
+            );
         }
     }
 });
