@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 CONFIG ?=
 
-.PHONY: all build run test lint fmt bench load demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
+.PHONY: all build run test lint fmt bench load silent-clients demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
 
 all: build
 
@@ -102,6 +102,11 @@ bench: deps-build
 # Side-by-side load test: direct to the mock, through cc-relay, through nginx (see docs/BENCHMARKS.md).
 load: build
 	bash scripts/load.sh
+
+# Issue 26's acceptance run: 4,096 silent connections (half half a TLS ClientHello) and 2,000
+# idle HTTP/2 connections closed by the relay's deadlines while a normal client is served.
+silent-clients: build
+	bash scripts/silent_clients.sh
 
 # The relay in front of the mock upstream, with a two-key pool: try it with curl or Claude Code.
 demo: build

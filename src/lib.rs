@@ -15,4 +15,5 @@ pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod shared;
+pub mod telemetry;
 pub mod usage;

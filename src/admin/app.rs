@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::services::listening::Service;
 
 use crate::proxy::{authenticate_client, client_ip, ApiError, SharedState};
 
@@ -106,18 +105,17 @@ fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<V
         .expect("a valid response")
 }
 
-/// The admin listener as a Pingora service.
-pub fn admin_service(shared: SharedState, listen: std::net::SocketAddr) -> Service<AdminApp> {
-    let mut service = Service::new("cc-relay admin".to_owned(), AdminApp::new(shared));
-    service.add_tcp(&listen.to_string());
-    service
-}
-
 /// Prometheus metrics on `metrics.prometheus_listen`, at `metrics.prometheus_endpoint` (no
 /// auth, as Prometheus scrapes: keep the listener on a private interface).
 pub struct MetricsApp {
     shared: SharedState,
     endpoint: String,
+}
+
+impl MetricsApp {
+    pub fn new(shared: SharedState, endpoint: String) -> MetricsApp {
+        MetricsApp { shared, endpoint }
+    }
 }
 
 #[async_trait]
@@ -134,18 +132,4 @@ impl ServeHttp for MetricsApp {
         };
         respond(404, "application/json", err.body().to_vec())
     }
-}
-
-/// The metrics listener as a Pingora service.
-pub fn metrics_service(
-    shared: SharedState,
-    listen: std::net::SocketAddr,
-    endpoint: String,
-) -> Service<MetricsApp> {
-    let mut service = Service::new(
-        "cc-relay metrics".to_owned(),
-        MetricsApp { shared, endpoint },
-    );
-    service.add_tcp(&listen.to_string());
-    service
 }

@@ -557,11 +557,33 @@ impl StateCollector<'_> {
             &generation,
         ];
         let mut families: Vec<MetricFamily> = collectors.iter().flat_map(|c| c.collect()).collect();
+        families.extend(connection_families());
         if let Some(store) = crate::shared::installed() {
             families.extend(shared_state_families(store));
         }
         families
     }
+}
+
+/// The client listener's connections: open now, and TLS handshakes that failed.
+fn connection_families() -> Vec<MetricFamily> {
+    let open = IntGauge::new(
+        "cc_relay_client_connections_open",
+        "Client connections open now (TLS ones from their first byte; server.max_connections \
+         caps them).",
+    )
+    .expect("valid metric");
+    open.set(crate::lifecycle::open_connections() as i64);
+    let failed = IntCounter::new(
+        "cc_relay_tls_handshake_failures_total",
+        "TLS handshakes on the client listener that failed or did not finish within \
+         server.client_header_timeout_ms.",
+    )
+    .expect("valid metric");
+    failed.inc_by(crate::lifecycle::tls_handshake_failures());
+    let mut families = open.collect();
+    families.extend(failed.collect());
+    families
 }
 
 /// `shared_state`: the store's connection, breaker, relays and admissions.

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-pub use app::{admin_service, metrics_service, route_path, AdminApp, MetricsApp};
+pub use app::{route_path, AdminApp, MetricsApp};
 
 use crate::clients::budget::Period;
 use crate::pool::{DimensionSnapshot, KeySnapshot};
@@ -116,6 +116,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             "routing": {"strategy": state.config.routing.strategy.as_str()},
             "client_connections": {
                 "open": crate::lifecycle::open_connections(),
+                "tls_handshake_failures": crate::lifecycle::tls_handshake_failures(),
                 "limit": state.config.server.max_connections,
             },
             "buffered_body_bytes": {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
@@ -32,27 +33,73 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::SharedState;
+use crate::telemetry::Repeated;
 
-/// Client connections open now.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Client connections open now (for `/status`).
-pub fn open_connections() -> usize {
-    OPEN.load(Ordering::Relaxed)
+/// One listener's connections.
+#[derive(Debug)]
+pub struct Connections {
+    /// Open now (a TLS connection from its first byte, before its handshake).
+    open: AtomicUsize,
+    /// TLS handshakes that failed or did not finish in time.
+    handshake_failures: AtomicU64,
+    handshake_log: Repeated,
 }
 
-struct Open;
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+impl Connections {
+    const fn new() -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            handshake_failures: AtomicU64::new(0),
+            handshake_log: Repeated::new(Duration::from_secs(60)),
+        }
     }
 }
 
-/// Pingora's HTTP app (`inner`) behind the guard.
+/// The client listener's connections (`/status`, metrics). The admin and metrics listeners
+/// count theirs apart, so a flood on one cannot lock the operator out of the other.
+pub static CLIENT: Connections = Connections::new();
+pub static ADMIN: Connections = Connections::new();
+pub static METRICS: Connections = Connections::new();
+
+/// Client connections open now (for `/status`).
+pub fn open_connections() -> usize {
+    CLIENT.open.load(Ordering::Relaxed)
+}
+
+/// TLS handshakes on the client listener that failed or ran out of time.
+pub fn tls_handshake_failures() -> u64 {
+    CLIENT.handshake_failures.load(Ordering::Relaxed)
+}
+
+struct Open(&'static Connections);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A Pingora app (`inner`: the relay's HTTP proxy, the admin or the metrics app) behind the
+/// guard. With `tls`, the guard makes the TLS handshake itself (the listener is plain TCP), so
+/// the handshake is counted, bounded by the header deadline and failed quietly: Pingora's own
+/// listener gives every handshake a fixed 60 s and logs an ERROR line per failure.
 pub struct Guarded<A> {
     pub inner: Arc<A>,
     pub state: SharedState,
+    pub tls: Option<Arc<Acceptor>>,
+    pub connections: &'static Connections,
+}
+
+impl<A> Guarded<A> {
+    /// `inner` on a plain listener counted in `connections`.
+    pub fn plain(inner: A, state: SharedState, connections: &'static Connections) -> Guarded<A> {
+        Guarded {
+            inner: Arc::new(inner),
+            state,
+            tls: None,
+            connections,
+        }
+    }
 }
 
 #[async_trait]
@@ -62,6 +109,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = Instant::now();
         let (max, header_timeout, idle, max_header) = {
             let state = self.state.current.load();
             let server = &state.config.server;
@@ -72,16 +120,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 server.max_header_bytes,
             )
         };
-        let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
-        let _open = Open;
+        let open = self.connections.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let _open = Open(self.connections);
         if max > 0 && open > max {
             log::debug!("client connection refused: {max} open (server.max_connections)");
             return None;
         }
+        // The handshake and the first request header share one deadline.
+        let deadline = accepted + header_timeout;
+        let stream = match &self.tls {
+            Some(acceptor) => self.handshake(acceptor, stream, deadline).await?,
+            None => stream,
+        };
         let rearm = Arc::new(AtomicU64::new(0));
         let mut stream: Stream = Box::new(HeaderDeadline::new(
             stream,
-            header_timeout,
+            deadline,
             max_header,
             rearm.clone(),
         ));
@@ -98,6 +152,53 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         self.inner.cleanup().await;
     }
 }
+
+impl<A> Guarded<A> {
+    /// The TLS handshake on the accepted TCP stream, by `deadline`; `None` (counted, and
+    /// logged at most once a minute) when it fails or is late.
+    async fn handshake(
+        &self,
+        acceptor: &Acceptor,
+        stream: Stream,
+        deadline: Instant,
+    ) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_default();
+        // The listener is plain TCP, so what it hands over is Pingora's L4 stream.
+        let tcp = stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+            .ok();
+        let failure = match tcp {
+            None => "the accepted connection is not a TCP stream".to_owned(),
+            Some(tcp) => {
+                match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
+                    Ok(Ok(tls)) => return Some(Box::new(tls)),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "not finished within server.client_header_timeout_ms".to_owned(),
+                }
+            }
+        };
+        let connections = self.connections;
+        connections
+            .handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        connections.handshake_log.occurred(|left_out| {
+            let more = if left_out > 0 {
+                format!(" ({left_out} more failed since the last such line)")
+            } else {
+                String::new()
+            };
+            log::warn!("TLS handshake from {peer} failed: {failure}{more}; at most one such line a minute, all counted in cc_relay_tls_handshake_failures_total");
+        });
+        None
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which Pingora peeks for on an h2c listener.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a connection refused for its header size keeps reading (and dropping) what the
 /// client still sends, and how much of it, before it closes: closing with unread data would
@@ -121,6 +222,11 @@ pub struct HeaderDeadline {
     refusal: Option<Refusal>,
     /// Set (ms) by the guard when the connection is reused: arm again at the next read.
     rearm: Arc<AtomicU64>,
+    /// Bytes read (and watched) to answer a peek, handed out before anything else is read:
+    /// `peeked[peeked_from..peeked_len]`.
+    peeked: [u8; H2_PREFACE.len()],
+    peeked_from: u8,
+    peeked_len: u8,
 }
 
 /// The 431 the guard sends itself, how much of it went out, then the lingering drain.
@@ -158,7 +264,7 @@ impl Refusal {
 impl HeaderDeadline {
     fn new(
         inner: Stream,
-        within: Duration,
+        deadline: Instant,
         max_header_bytes: usize,
         rearm: Arc<AtomicU64>,
     ) -> HeaderDeadline {
@@ -170,13 +276,16 @@ impl HeaderDeadline {
             max_header_bytes,
             refusal: None,
             rearm,
+            peeked: [0; H2_PREFACE.len()],
+            peeked_from: 0,
+            peeked_len: 0,
         };
-        guarded.arm(within);
+        guarded.arm(deadline);
         guarded
     }
 
-    fn arm(&mut self, within: Duration) {
-        self.deadline = Some(Box::pin(tokio::time::sleep_until(Instant::now() + within)));
+    fn arm(&mut self, deadline: Instant) {
+        self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
         self.matched = 0;
         self.header_bytes = 0;
     }
@@ -255,12 +364,35 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.peeked_from < this.peeked_len {
+            // Read and watched already, for a peek.
+            let (from, len) = (this.peeked_from as usize, this.peeked_len as usize);
+            let n = buf.remaining().min(len - from);
+            buf.put_slice(&this.peeked[from..from + n]);
+            this.peeked_from += n as u8;
+            if this.peeked_from == this.peeked_len {
+                (this.peeked_from, this.peeked_len) = (0, 0);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_watched(cx, buf)
+    }
+}
+
+impl HeaderDeadline {
+    /// A read from the client, watched for the header's end, size and deadline.
+    fn poll_read_watched(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
         if this.refusal.is_some() {
             return this.poll_refusal(cx);
         }
         let rearm = this.rearm.swap(0, Ordering::Relaxed);
         if rearm > 0 {
-            this.arm(Duration::from_millis(rearm));
+            this.arm(Instant::now() + Duration::from_millis(rearm));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -402,9 +534,48 @@ impl GetSocketDigest for HeaderDeadline {
     }
 }
 
+/// Pingora peeks at a new connection on an h2c listener for the HTTP/2 preface. The peek reads
+/// through the guard (so the header deadline and size cap hold while the client says nothing)
+/// and keeps what it read for the reads that follow. It answers as soon as the bytes differ
+/// from the preface: an HTTP/1 request shorter than the preface (`GET / HTTP/1.0` and its blank
+/// line) is not left waiting for bytes that will never come.
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        // Pingora peeks for the preface only; a longer peek gets the preface's length.
+        let want = buf.len().min(self.peeked.len());
+        // The preface holds a blank line at byte 18, where the header watch would disarm:
+        // the rest of the preface is still due by the same deadline.
+        let until = self.deadline.as_ref().map(|d| d.deadline());
+        loop {
+            let have = &self.peeked[self.peeked_from as usize..self.peeked_len as usize];
+            let not_preface = !H2_PREFACE.starts_with(have);
+            if have.len() >= want || not_preface {
+                let n = have.len().min(want);
+                buf[..n].copy_from_slice(&have[..n]);
+                buf[n..].fill(0);
+                return Ok(true);
+            }
+            if let (None, Some(until)) = (&self.deadline, until) {
+                self.arm(until);
+            }
+            // Unread peeked bytes move to the front; the read appends after them.
+            let (from, len) = (self.peeked_from as usize, self.peeked_len as usize);
+            self.peeked.copy_within(from..len, 0);
+            (self.peeked_from, self.peeked_len) = (0, (len - from) as u8);
+            let mut more = [0u8; H2_PREFACE.len()];
+            let mut read = ReadBuf::new(&mut more[..want - (len - from)]);
+            std::future::poll_fn(|cx| self.poll_read_watched(cx, &mut read)).await?;
+            let n = read.filled().len();
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before a request",
+                ));
+            }
+            let at = self.peeked_len as usize;
+            self.peeked[at..at + n].copy_from_slice(&more[..n]);
+            self.peeked_len += n as u8;
+        }
     }
 }

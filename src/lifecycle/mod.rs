@@ -45,7 +45,7 @@ use crate::proxy::{shared, Relay, RuntimeState};
 
 pub use claude_code::{settings_path as claude_code_settings_path, ClaudeCodeSetup};
 pub use client::{send_reload, send_upgrade};
-pub use guard::open_connections;
+pub use guard::{open_connections, tls_handshake_failures};
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf, worker_services};
@@ -157,44 +157,58 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let client_tls_files = client_tls;
+    let idle_timeout = state.current.load().config.server.idle_timeout;
     let workers = server::worker_services(
         "cc-relay",
         server.configuration.threads,
         || {
             let mut app =
                 pingora::proxy::http_proxy(&server.configuration, Relay::new(state.clone()));
-            if h2c {
-                // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
+            if http2 {
                 let mut options = pingora::apps::HttpServerOptions::default();
-                options.h2c = true;
+                // HTTP/2 with prior knowledge on the plain listener (HTTP/1.1 still served).
+                options.h2c = h2c;
+                // An HTTP/2 connection with no stream open is closed after the idle timeout,
+                // as a kept-alive HTTP/1.1 connection is (the idle time at start-up: Pingora
+                // reads it from the app, built once).
+                options.h2_idle_timeout = Some(idle_timeout);
                 app.server_options = Some(options);
             }
             guard::Guarded {
                 inner: std::sync::Arc::new(app),
                 state: state.clone(),
+                // The guard makes the handshake itself: the listener stays plain TCP.
+                tls: client_tls.as_ref().map(|files| {
+                    std::sync::Arc::new(
+                        tls::settings(files, http2)
+                            .expect("the certificate loaded a moment ago")
+                            .build(),
+                    )
+                }),
+                connections: &guard::CLIENT,
             }
         },
-        || {
-            let listener = client_listener(listen);
-            match &client_tls_files {
-                Some(files) => listener
-                    .tls(tls::settings(files, http2).expect("the certificate loaded a moment ago")),
-                None => listener,
-            }
-        },
+        || client_listener(listen),
     );
     for worker in workers {
         server.add_service(worker);
     }
     if let Some(admin_listen) = admin_listen {
-        server.add_service(crate::admin::admin_service(state.clone(), admin_listen));
+        server.add_service(guarded_service(
+            "cc-relay admin",
+            crate::admin::AdminApp::new(state.clone()),
+            &state,
+            admin_listen,
+            &guard::ADMIN,
+        ));
     }
     if let Some(listen) = metrics_listen {
-        server.add_service(crate::admin::metrics_service(
-            state.clone(),
+        server.add_service(guarded_service(
+            "cc-relay metrics",
+            crate::admin::MetricsApp::new(state.clone(), metrics_endpoint),
+            &state,
             listen,
-            metrics_endpoint,
+            &guard::METRICS,
         ));
     }
     if let Some(store) = store {
@@ -223,4 +237,21 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
     pidfile::remove_pid_file_if_ours(&pid_file);
     log::info!("cc-relay stopped");
     Ok(())
+}
+
+/// A side listener (admin, metrics) with the client listener's guard: its connections counted
+/// and capped apart, each request header under the same deadline and size cap.
+fn guarded_service<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+    name: &str,
+    app: A,
+    state: &crate::proxy::SharedState,
+    listen: SocketAddr,
+    connections: &'static guard::Connections,
+) -> pingora::services::listening::Service<guard::Guarded<A>> {
+    let mut service = pingora::services::listening::Service::new(
+        name.to_owned(),
+        guard::Guarded::plain(app, state.clone(), connections),
+    );
+    service.add_tcp(&listen.to_string());
+    service
 }
