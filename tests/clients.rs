@@ -26,7 +26,7 @@ async fn send(relay: &RelayProcess, headers: &[(&str, &str)]) -> (u16, serde_jso
     (status, resp.json().await.unwrap(), retry_after)
 }
 
-/// `GET /status` with `key`: behind authentication like everything but `/health`.
+/// `GET /status` with `key`: server.auth's or an `admin` client's.
 async fn status_as(relay: &RelayProcess, key: &str) -> serde_json::Value {
     let resp = client()
         .get(relay.url("/status"))
@@ -142,7 +142,8 @@ async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart(
     let config = |extra: &str| {
         format!(
             "{}clients:\n  - name: carol\n    key: carol-key\n    daily_token_budget: 20\n  \
-             - name: dan\n    key: dan-key\n    monthly_token_budget: 1000000\n{extra}",
+             - name: dan\n    key: dan-key\n    monthly_token_budget: 1000000\n    \
+             admin: true\n{extra}",
             pool_config(&mock, &[("k1", "sk-1", "")], "")
         )
     };
@@ -191,7 +192,8 @@ async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart(
     assert!(!saved.contains("carol-key"));
     let relay = RelayProcess::start(&server, &config(""));
     refused(send(&relay, &carol).await);
-    let status = status_as(&relay, "carol-key").await;
+    // Dan is an admin client: his key reads everyone's budgets (carol's would get 403).
+    let status = status_as(&relay, "dan-key").await;
     let carol_status = &status["clients"][0];
     assert_eq!(carol_status["daily_budget"]["used"], used);
     assert_eq!(carol_status["daily_budget"]["limit"], 20);

@@ -6,10 +6,11 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::proxy::{authenticate_client, client_ip, ApiError, SharedState};
+use crate::proxy::{authenticate_client, client_addr, ApiError, SharedState};
 
-/// Serves `/health` (open), `/status` (behind `server.auth`, as on the client listener) and the
-/// status page's files (open: the page asks for the key before it reads `/status`).
+/// Serves `/health` (open), `/status` (to the operator's credential, as on the client listener:
+/// `server.auth`'s key or an `admin` client's) and the status page's files (open: the page
+/// asks for the key before it reads `/status`).
 pub struct AdminApp {
     shared: SharedState,
 }
@@ -35,8 +36,12 @@ impl AdminApp {
             }
             "/health" => Ok(super::health_body(&state)),
             "/status" => {
-                let ip = client_ip(session.client_addr());
-                authenticate_client(&self.shared.auth_throttle, &state, req, ip)?;
+                let trusted = &state.config.server.trusted_proxies;
+                let ip = client_addr(session.client_addr(), &req.headers, trusted).map(|a| a.ip);
+                let who = authenticate_client(&self.shared.auth_throttle, &state, req, ip)?;
+                if !who.operator {
+                    return Err(ApiError::OperatorOnly { path: "/status" });
+                }
                 Ok(super::status_body(&state, &self.shared))
             }
             _ => Err(ApiError::NotFound {

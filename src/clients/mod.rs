@@ -132,5 +132,6 @@ pub fn test_client(name: &str, key: &str) -> ClientConfig {
         max_concurrent: 0,
         daily_token_budget: 0,
         monthly_token_budget: 0,
+        admin: false,
     }
 }

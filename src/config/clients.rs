@@ -94,6 +94,7 @@ pub(super) fn clients(
             max_concurrent: u32::try_from(max_concurrent).unwrap_or(u32::MAX),
             daily_token_budget,
             monthly_token_budget,
+            admin: r.admin.unwrap_or(false),
         });
     }
     out

@@ -119,6 +119,17 @@ fn server(old: &Config, new: &Config, s: &mut ChangeSummary) {
         // Which secret changed is not said: the line goes to logs.
         s.parts.push("server.auth changed".to_string());
     }
+    if o.trusted_proxies != n.trusted_proxies {
+        let show = |list: &[super::Cidr]| {
+            let items: Vec<String> = list.iter().map(ToString::to_string).collect();
+            format!("[{}]", items.join(", "))
+        };
+        s.change(
+            "server.trusted_proxies",
+            show(&o.trusted_proxies),
+            show(&n.trusted_proxies),
+        );
+    }
 }
 
 fn providers(old: &[ProviderConfig], new: &[ProviderConfig], s: &mut ChangeSummary) {

@@ -7,6 +7,7 @@
 //! [`Config`], reporting every problem at once. Errors and warnings name field paths and never
 //! contain a secret.
 
+mod cidr;
 mod clients;
 mod diff;
 mod error;
@@ -22,6 +23,7 @@ mod validate;
 mod tests;
 pub mod tls;
 
+pub use cidr::Cidr;
 pub use diff::{summarize_changes, ChangeSummary};
 pub use error::ConfigError;
 pub use load::{

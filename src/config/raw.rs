@@ -62,6 +62,7 @@ pub(crate) struct RawClient {
     pub max_concurrent: Option<i64>,
     pub daily_token_budget: Option<i64>,
     pub monthly_token_budget: Option<i64>,
+    pub admin: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -87,6 +88,7 @@ pub(crate) struct RawServer {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub auth: RawAuth,
+    pub trusted_proxies: Vec<String>,
     /// Go's legacy spelling of `server.auth.api_key`; `auth.api_key` wins when both are set.
     pub api_key: Option<String>,
     pub tls: Option<RawTls>,
@@ -270,6 +272,7 @@ static CLIENT: Node = Map(&[
     ("max_concurrent", Int),
     ("daily_token_budget", Int),
     ("monthly_token_budget", Int),
+    ("admin", Bool),
 ]);
 
 const SERVER: Node = Map(&[
@@ -285,6 +288,7 @@ const SERVER: Node = Map(&[
     ("pid_file", Str),
     ("upgrade_sock", Str),
     ("auth", AUTH),
+    ("trusted_proxies", StrList),
     ("api_key", ClientSecret),
     ("tls", TLS),
     ("enable_http2", Bool),

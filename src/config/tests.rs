@@ -1816,3 +1816,42 @@ fn an_error_does_not_quote_any_value_from_the_environment() {
     assert!(e[0].contains("not shown"), "{e:?}");
     assert!(!e.join("\n").contains("AKIAIOSFODNN7EXAMPLE"), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// server.trusted_proxies, clients[].admin
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn trusted_proxies_are_cidrs_checked_at_load_and_admin_defaults_to_false() {
+    let c = load(&format!(
+        "{ONE}server:\n  trusted_proxies: [10.0.0.0/8, \"fd00::/8\", 192.0.2.7]\nclients:\n  \
+         - name: ops\n    key: ko\n    admin: true\n  - name: dev\n    key: kd\n"
+    ));
+    let shown: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]);
+    assert!(c.clients[0].admin && !c.clients[1].admin);
+    assert!(load(ONE).server.trusted_proxies.is_empty());
+
+    let errs = errors(&format!(
+        "{ONE}server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, proxy.internal]\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("server.trusted_proxies[1]: not a CIDR: \"10.0.0.0/33\""),
+        "{errs:#?}"
+    );
+    assert!(errs[1].starts_with("server.trusted_proxies[2]: not a CIDR"));
+    assert!(
+        one_error(&format!("{ONE}server:\n  trusted_proxies: 10.0.0.0/8\n"))
+            .starts_with("server.trusted_proxies: expected a list")
+    );
+    assert!(one_error(&format!(
+        "{ONE}clients:\n  - name: a\n    key: k\n    admin: maybe\n"
+    ))
+    .starts_with("clients[0].admin: expected true or false"));
+}

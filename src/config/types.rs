@@ -65,6 +65,9 @@ pub struct ClientConfig {
     /// Tokens (input, cache writes and reads, output) per UTC day and per UTC month (0 = none).
     pub daily_token_budget: u64,
     pub monthly_token_budget: u64,
+    /// `admin` (default false): its key also reads the operator's endpoints (`/status`,
+    /// `/metrics`, `/v1/providers`), as `server.auth`'s does.
+    pub admin: bool,
 }
 
 impl ClientConfig {
@@ -134,6 +137,10 @@ pub struct ServerSettings {
     /// `server.max_concurrent` (0 = unlimited); above it the relay answers 503.
     pub max_concurrent: usize,
     pub auth: AuthConfig,
+    /// `server.trusted_proxies`: the load balancers / reverse proxies whose `X-Forwarded-For`
+    /// names the client. Only a connection from one of them is read for it; empty: the TCP
+    /// peer is the client, whatever a header says.
+    pub trusted_proxies: Vec<super::Cidr>,
     /// `server.threads` (default: number of cores).
     pub threads: usize,
     /// `server.grace_period_seconds` (default 30): how long an old process keeps serving

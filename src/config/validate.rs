@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+use super::cidr::Cidr;
 use super::error::ConfigError;
 use super::raw::{
     RawAuth, RawConfig, RawHealth, RawKey, RawLogging, RawMetrics, RawPooling, RawProvider,
@@ -192,6 +193,7 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         c,
     );
     let auth = auth(raw.auth, raw.api_key, c);
+    let trusted_proxies = trusted_proxies(raw.trusted_proxies, c);
     let state_file = match raw.state_file.as_deref().map(str::trim) {
         Some("") => {
             c.error("server.state_file", "must not be empty (or leave it out)");
@@ -243,6 +245,7 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
         auth,
+        trusted_proxies,
         threads,
         grace_period: Duration::from_secs(grace as u64),
         graceful_shutdown_timeout: Duration::from_secs(shutdown as u64),
@@ -442,6 +445,28 @@ fn auth(raw: RawAuth, legacy_api_key: Option<String>, c: &mut Ctx) -> AuthConfig
         allow_bearer,
         bearer_secret,
     }
+}
+
+/// `server.trusted_proxies`: CIDRs (or single addresses), each checked here so a request
+/// never parses one.
+fn trusted_proxies(raw: Vec<String>, c: &mut Ctx) -> Vec<Cidr> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let parsed = Cidr::parse(text);
+            if parsed.is_none() {
+                c.error(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!(
+                        "not a CIDR: {} (expected an address range such as 10.0.0.0/8 or \
+                         fd00::/8, or one address)",
+                        shown(text.trim())
+                    ),
+                );
+            }
+            parsed
+        })
+        .collect()
 }
 
 /// Empty (after expansion) means "not set", as in Go: `api_key: ${PROXY_API_KEY:-}` (the walk

@@ -79,6 +79,11 @@ pub struct RequestCtx {
     /// The runtime state this request started with; a reload does not change it mid-request.
     pub state: Option<Arc<RuntimeState>>,
     pub credential: RelayCredential,
+    /// Who sent it (`server.trusted_proxies` decide whether `X-Forwarded-For` is believed).
+    pub client_addr: Option<super::auth::ClientAddr>,
+    /// Whether its credential may read the operator's endpoints (`/status`, `/metrics`,
+    /// `/v1/providers`).
+    pub operator: bool,
     /// Its client (index into the state's `clients`), when it authenticated as one; the slot
     /// of the client's `max_concurrent` it holds, and what it took from the client's quotas.
     pub client: Option<usize>,
@@ -131,6 +136,8 @@ impl RequestCtx {
             endpoint: Endpoint::Unknown,
             state: None,
             credential: RelayCredential::NotRequired,
+            client_addr: None,
+            operator: false,
             client: None,
             client_slot: None,
             client_charge: None,

@@ -126,6 +126,13 @@ pub enum ApiError {
     /// A client asked for what its allow-lists (`models`, `providers`) do not give it.
     #[error("{0}")]
     ClientForbidden(String),
+    /// A client key without `admin: true` asked for an operator's endpoint (`/status`,
+    /// `/metrics`, `/v1/providers`: every client's name and budget, upstream URLs, key ids).
+    #[error(
+        "{path} is for the relay's operator: it needs server.auth's key or the key of a client \
+         with admin: true"
+    )]
+    OperatorOnly { path: &'static str },
     #[error("the relay is at its limit of {limit} concurrent requests")]
     Overloaded { limit: usize },
     #[error("upstream '{provider}' could not be reached: {reason}")]
@@ -167,7 +174,7 @@ impl ApiError {
             | ApiError::AuthThrottled
             | ApiError::ClientLimit { .. }
             | ApiError::ClientBudget { .. } => 429,
-            ApiError::ClientForbidden(_) => 403,
+            ApiError::ClientForbidden(_) | ApiError::OperatorOnly { .. } => 403,
             ApiError::Overloaded { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
@@ -195,7 +202,7 @@ impl ApiError {
             | ApiError::AuthThrottled
             | ApiError::ClientLimit { .. }
             | ApiError::ClientBudget { .. } => "rate_limit_error",
-            ApiError::ClientForbidden(_) => "permission_error",
+            ApiError::ClientForbidden(_) | ApiError::OperatorOnly { .. } => "permission_error",
             ApiError::Overloaded { .. }
             | ApiError::CircuitsOpen { .. }
             | ApiError::BodiesFull { .. } => "overloaded_error",

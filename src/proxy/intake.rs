@@ -79,8 +79,8 @@ pub fn endpoint(session: &Session, ctx: &mut RequestCtx) -> Step {
     }
 }
 
-/// The relay's own credential (`server.auth`), where the endpoint needs it. An address that
-/// keeps failing is refused for a while before its credential is even looked at.
+/// The relay's own credential (`server.auth`) or a client's, where the endpoint needs it. A
+/// valid one always passes; an address that keeps failing gets 429 for its failures.
 pub fn authenticate(
     session: &Session,
     ctx: &mut RequestCtx,
@@ -90,19 +90,26 @@ pub fn authenticate(
     if !ctx.endpoint.needs_auth() {
         return Step::Continue;
     }
-    let ip = auth::client_ip(session.client_addr());
+    let ip = ctx.client_addr.map(|a| a.ip);
     match auth::authenticate_client(&shared.auth_throttle, state, session.req_header(), ip) {
         Ok(who) => {
             ctx.credential = who.credential;
             ctx.client = who.client;
+            ctx.operator = who.operator;
             Step::Continue
         }
         Err(e) => e.into(),
     }
 }
 
-/// Endpoints the relay answers from its own state.
+/// Endpoints the relay answers from its own state. The operator's (every client's name and
+/// budget, upstream URLs, key ids) only to the operator's credential or an `admin` client.
 pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
+    if let Some(path) = ctx.endpoint.operator_only() {
+        if !ctx.operator {
+            return ApiError::OperatorOnly { path }.into();
+        }
+    }
     let body = match ctx.endpoint {
         Endpoint::Root => Bytes::from_static(b"{\"status\":\"ok\",\"service\":\"cc-relay\"}"),
         Endpoint::Health => crate::admin::health_body(state),

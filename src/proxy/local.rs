@@ -66,6 +66,17 @@ impl Endpoint {
         matches!(self, Endpoint::Messages | Endpoint::CountTokens)
     }
 
+    /// The path of an operator's endpoint (what every client's name and budget, the upstreams'
+    /// URLs or the key ids are shown by), which a client key reads only with `admin: true`.
+    pub fn operator_only(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Status => Some("/status"),
+            Endpoint::Metrics => Some("/metrics"),
+            Endpoint::Providers => Some("/v1/providers"),
+            _ => None,
+        }
+    }
+
     /// Whether the route needs the relay's credential (health checks, the preflight and the
     /// status page's files don't: the page asks for the key before it reads `/status`).
     pub fn needs_auth(self) -> bool {

@@ -45,7 +45,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-pub use auth::{authenticate_client, client_ip};
+pub use auth::{authenticate_client, client_addr, ClientAddr};
 pub use body_budget::held as buffered_body_bytes;
 pub use ctx::RequestCtx;
 pub use errors::ApiError;
@@ -75,6 +75,11 @@ impl Relay {
     async fn intake(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Step> {
         let state = self.shared.current.load_full();
         ctx.state = Some(state.clone());
+        ctx.client_addr = auth::client_addr(
+            session.client_addr(),
+            &session.req_header().headers,
+            &state.config.server.trusted_proxies,
+        );
         if self
             .shared
             .draining
@@ -208,7 +213,12 @@ impl Relay {
         }
         access_log::record(&access_log::AccessEntry {
             request_id: &ctx.request_id,
-            client: session.client_addr().map(|a| a.to_string()),
+            // The address a trusted proxy forwarded for, else the connection's peer (with its
+            // port, which tells connections from one address apart).
+            client: match ctx.client_addr {
+                Some(a) if a.forwarded => Some(a.ip.to_string()),
+                _ => session.client_addr().map(|a| a.to_string()),
+            },
             client_name: ctx.client_name(),
             method: req.method.as_str(),
             path: req.uri.path(),

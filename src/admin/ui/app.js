@@ -177,6 +177,13 @@ async function poll() {
       askForKey(hadKey ? "The relay refused that key." : "");
       return; // polling resumes when a key is given
     }
+    if (response.status === 403) {
+      // A client's key without admin: true: valid, but not the operator's.
+      sessionStorage.removeItem(KEY_STORE);
+      live(false, "needs the operator's key");
+      askForKey("That key may not read the status: use the relay's key or an admin client's.");
+      return;
+    }
     if (!response.ok) throw new Error("HTTP " + response.status);
     draw(await response.json());
     live(true, "live");
