@@ -9,11 +9,30 @@ pub(super) async fn refresh(state: &SharedState, all: bool) {
         if p.addrs.is_literal() || (!all && p.addrs.pick().is_some()) {
             continue;
         }
-        if let Err(e) = p.addrs.refresh().await {
-            log::warn!(
-                "re-resolving {} failed, keeping its previous addresses: {e}",
-                p.addrs.host()
-            );
+        match p.addrs.refresh().await {
+            // A host that stays unresolvable is retried every few seconds: one line, then a
+            // count every ten minutes.
+            Err(e) => p.addrs.failures.occurred(|left_out| {
+                log::warn!(
+                    "re-resolving {} failed{}, keeping its previous addresses: {e} (logged again \
+                     in ten minutes if it goes on)",
+                    p.addrs.host(),
+                    if left_out > 0 {
+                        format!(" {} more times", left_out + 1)
+                    } else {
+                        String::new()
+                    }
+                )
+            }),
+            Ok(_) => {
+                if let Some(left_out) = p.addrs.failures.ended() {
+                    log::info!(
+                        "{} resolves again (after {} more failed attempts)",
+                        p.addrs.host(),
+                        left_out
+                    );
+                }
+            }
         }
     }
 }

@@ -3,10 +3,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::BaseUrl;
+use crate::telemetry::Repeated;
 
 /// The current addresses of one upstream host. Readers never wait: the list is an `ArcSwap`
 /// replaced whole by the background refresher.
@@ -16,6 +18,8 @@ pub struct ResolvedAddrs {
     port: u16,
     addrs: ArcSwap<Vec<SocketAddr>>,
     cursor: AtomicUsize,
+    /// Failed re-resolutions: logged once, then every ten minutes with a count.
+    pub failures: Repeated,
 }
 
 impl ResolvedAddrs {
@@ -27,6 +31,7 @@ impl ResolvedAddrs {
             port: base_url.port,
             addrs: ArcSwap::from_pointee(initial),
             cursor: AtomicUsize::new(0),
+            failures: Repeated::new(Duration::from_secs(600)),
         }
     }
 

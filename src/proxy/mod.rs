@@ -785,23 +785,30 @@ impl ProxyHttp for Relay {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
-        // A local 429 from an exhausted pool is an answer, not a failure; it is logged at debug.
-        matches!(
-            errors::relay_answer(error),
-            Some(ApiError::PoolExhausted { .. })
-        )
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
+        // What the relay answered itself (a 429 from an exhausted pool, a 502 for an upstream
+        // that could not be reached, a 504) is an answer, recorded in the access log, the
+        // metrics and /status's recent errors: not an ERROR line per request. Pingora still
+        // logs what the relay could not make sense of (an internal error) and breaks after the
+        // response started.
+        matches!(ctx.local_status, Some(status) if status != 500)
+            || matches!(
+                errors::relay_answer(error),
+                Some(ApiError::PoolExhausted { .. })
+            )
     }
 
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
         _ctx: &Self::CTX,
-        error: &Error,
+        _error: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
-        // Status-driven retries are the relay's own, already logged with the key's id.
-        errors::is_relay_retry(error)
+        // Every retry is the relay's own decision, counted in cc_relay_retries_total: Pingora's
+        // WARN line per retry would repeat the error with its context (for a malformed
+        // upstream header, the header's bytes: a megabyte header wrote megabytes of log).
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {

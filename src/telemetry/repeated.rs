@@ -43,11 +43,14 @@ impl Repeated {
         }
     }
 
-    /// The condition is over: the next occurrence is logged at once again. Returns how many
-    /// occurrences went unlogged (for a closing line).
-    pub fn ended(&self) -> u64 {
-        self.last_ms.store(0, Ordering::Relaxed);
-        self.left_out.swap(0, Ordering::Relaxed)
+    /// The condition is over: the next occurrence is logged at once again. `Some(n)` when it
+    /// had occurred (`n` occurrences went unlogged since the last line), for a closing line;
+    /// `None` when there is nothing to close.
+    pub fn ended(&self) -> Option<u64> {
+        if self.last_ms.swap(0, Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.left_out.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -69,7 +72,8 @@ mod tests {
             r.occurred(|left_out| lines.push(left_out));
         }
         assert_eq!(lines, vec![0]);
-        assert_eq!(r.ended(), 4);
+        assert_eq!(r.ended(), Some(4));
+        assert_eq!(r.ended(), None);
         r.occurred(|left_out| lines.push(left_out));
         assert_eq!(lines, vec![0, 0]);
     }
