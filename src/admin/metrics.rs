@@ -161,7 +161,9 @@ impl ConnectionHandles {
                     .upstream_connections
                     .with_label_values(&[provider, reused])
             });
-            let stale = METRICS.reused_connection_retries.with_label_values(&[provider]);
+            let stale = METRICS
+                .reused_connection_retries
+                .with_label_values(&[provider]);
             (connections, stale)
         })
     }

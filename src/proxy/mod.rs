@@ -295,7 +295,11 @@ impl Relay {
 
     /// The upstream of an attempt on `provider`: its resolved address (never DNS here) and the
     /// connection's timeouts. `fresh`: a new connection, whatever the pool holds.
-    fn peer(state: &RuntimeState, provider: &ProviderRuntime, fresh: bool) -> Result<Box<HttpPeer>> {
+    fn peer(
+        state: &RuntimeState,
+        provider: &ProviderRuntime,
+        fresh: bool,
+    ) -> Result<Box<HttpPeer>> {
         let Some(addr) = provider.addrs.pick() else {
             return Err(errors::answer(ApiError::UpstreamUnreachable {
                 provider: provider.name().to_owned(),

@@ -118,7 +118,12 @@ async fn conn_fault(shared: &Shared, conn: &ConnState) {
         std::future::pending::<()>().await;
     }
     let idle = lock(&conn.idle_since).elapsed();
-    if n > 1 && shared.cfg.black_hole_after_idle.is_some_and(|limit| idle > limit) {
+    if n > 1
+        && shared
+            .cfg
+            .black_hole_after_idle
+            .is_some_and(|limit| idle > limit)
+    {
         shared.black_holed.fetch_add(1, Ordering::Relaxed);
         std::future::pending::<()>().await;
     }
