@@ -83,6 +83,7 @@ pub struct EventMetrics {
     overhead: Histogram,
     reloads: IntCounterVec,
     upstream_connections: IntCounterVec,
+    reused_connection_retries: IntCounterVec,
     in_flight: IntGauge,
     access_log_dropped: IntCounter,
     client_requests: IntCounterVec,
@@ -147,20 +148,34 @@ pub struct KeyHandles {
     ttfb: Histogram,
 }
 
-/// A provider's upstream connections (new, reused), resolved once per provider.
+/// A provider's upstream connections (new, reused) and the reused ones that broke before an
+/// answer, resolved once per provider.
 #[derive(Default)]
-pub struct ConnectionHandles(OnceCell<[IntCounter; 2]>);
+pub struct ConnectionHandles(OnceCell<([IntCounter; 2], IntCounter)>);
 
 impl ConnectionHandles {
-    pub fn record(&self, provider: &str, reused: bool) {
-        let handles = self.0.get_or_init(|| {
-            ["false", "true"].map(|reused| {
+    fn get(&self, provider: &str) -> &([IntCounter; 2], IntCounter) {
+        self.0.get_or_init(|| {
+            let connections = ["false", "true"].map(|reused| {
                 METRICS
                     .upstream_connections
                     .with_label_values(&[provider, reused])
-            })
-        });
-        handles[usize::from(reused)].inc();
+            });
+            let stale = METRICS
+                .reused_connection_retries
+                .with_label_values(&[provider]);
+            (connections, stale)
+        })
+    }
+
+    pub fn record(&self, provider: &str, reused: bool) {
+        self.get(provider).0[usize::from(reused)].inc();
+    }
+
+    /// A reused connection broke before the provider answered; the attempt goes again on a
+    /// fresh one.
+    pub fn stale(&self, provider: &str) {
+        self.get(provider).1.inc();
     }
 }
 
@@ -241,6 +256,13 @@ impl EventMetrics {
              reused from the pool (a new one costs a TCP and TLS handshake).",
             &["provider", "reused"],
         );
+        let reused_connection_retries = counter(
+            "cc_relay_upstream_reused_connection_retries_total",
+            "Attempts made again on a fresh connection because the reused one broke before the \
+             provider answered (the provider had closed it, or a middlebox forgot it); not \
+             counted as attempts nor as the provider's failures.",
+            &["provider"],
+        );
         let in_flight = IntGauge::new("cc_relay_requests_in_flight", "Proxied requests in flight.")
             .expect("valid metric");
         registry
@@ -288,6 +310,7 @@ impl EventMetrics {
             overhead,
             reloads,
             upstream_connections,
+            reused_connection_retries,
             in_flight,
             access_log_dropped,
             client_requests,

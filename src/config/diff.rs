@@ -105,6 +105,13 @@ fn server(old: &Config, new: &Config, s: &mut ChangeSummary) {
             n.upstream_connect_timeout.as_millis(),
         );
     }
+    if o.upstream_idle_timeout != n.upstream_idle_timeout {
+        s.change(
+            "server.upstream_idle_timeout_ms",
+            o.upstream_idle_timeout.as_millis(),
+            n.upstream_idle_timeout.as_millis(),
+        );
+    }
     if o.max_body_bytes != n.max_body_bytes {
         s.change("server.max_body_bytes", o.max_body_bytes, n.max_body_bytes);
     }

@@ -35,4 +35,4 @@ pub use raw::go_ignored_keys;
 pub use raw::Node as FieldSchema;
 pub use startup::{keep_running_startup_settings, StartupSetting, STARTUP_SETTINGS};
 pub use types::*;
-pub use validate::{key_fingerprint, parse_base_url};
+pub use validate::{key_fingerprint, parse_base_url, MAX_MAX_ATTEMPTS};

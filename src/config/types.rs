@@ -163,6 +163,11 @@ pub struct ServerSettings {
     /// `server.client_body_timeout_ms` (default 30 s): the longest a client may pause between
     /// two reads of its request body before the relay answers 408 and closes.
     pub client_body_timeout: Duration,
+    /// `server.upstream_idle_timeout_ms` (default 30 s): how long an upstream connection may
+    /// wait in the pool for its next request before it is closed; under what a NAT or firewall
+    /// between the relay and the provider tolerates (one that forgets a connection silently
+    /// would leave the next request on it unanswered).
+    pub upstream_idle_timeout: Duration,
     /// `server.max_buffered_body_bytes` (default 256 MiB): what all request bodies buffered at
     /// once may hold together; above it a request gets 503 `overloaded_error`.
     pub max_buffered_body_bytes: usize,

@@ -35,7 +35,8 @@ const DEFAULT_PID_FILE: &str = "/tmp/cc-relay.pid";
 const DEFAULT_UPGRADE_SOCK: &str = "/tmp/cc-relay_upgrade.sock";
 const DEFAULT_PRIORITY: i64 = 1;
 const DEFAULT_MAX_ATTEMPTS: i64 = 2;
-const MAX_MAX_ATTEMPTS: i64 = 10;
+/// The most `routing.max_attempts` may be.
+pub const MAX_MAX_ATTEMPTS: i64 = 10;
 
 /// The stable, non-cryptographic fingerprint of a key (FNV-1a, 64 bit). Used for display ids
 /// and to recognise the same key across reloads; it is not a way to protect the key.
@@ -237,6 +238,13 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         c,
     );
 
+    let upstream_idle_timeout = client_timeout(
+        raw.upstream_idle_timeout_ms,
+        30_000,
+        "server.upstream_idle_timeout_ms",
+        c,
+    );
+
     ServerSettings {
         listen,
         admin_listen,
@@ -255,6 +263,7 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         enable_http2: raw.enable_http2.unwrap_or(false),
         idle_timeout,
         client_body_timeout,
+        upstream_idle_timeout,
         max_buffered_body_bytes,
         max_header_bytes,
         client_header_timeout: client_timeout(

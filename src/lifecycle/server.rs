@@ -64,6 +64,9 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         pid_file: s.pid_file.display().to_string(),
         upgrade_sock: s.upgrade_sock.display().to_string(),
+        // Pingora's tries per request: every attempt, each possibly made again once on a fresh
+        // connection (`routing.max_attempts` bounds the attempts themselves).
+        max_retries: 2 * crate::config::MAX_MAX_ATTEMPTS as usize,
         ..runtime_conf(s.threads)
     }
 }

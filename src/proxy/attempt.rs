@@ -43,8 +43,27 @@ pub struct Attempt {
     /// What this attempt sends: the client's body with this provider's model mapping (and,
     /// for kinds that translate, their own shape).
     pub body: Bytes,
+    /// The provider's response header arrived: a connection that breaks after it is no stale
+    /// connection.
+    pub answered: bool,
+    /// Which upstream connection the attempt goes out on.
+    pub connection: Connection,
     /// Counts the attempt in its provider's in-flight requests while it lives.
     _in_flight: InFlight,
+}
+
+/// The upstream connection of an attempt. A pooled connection that breaks before the provider
+/// answered (it closed the connection as the relay reused it, a NAT forgot it) says nothing
+/// about the provider: the attempt is made again, once, on a fresh connection; only that
+/// one's failure is the provider's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Whatever the pool gives (a reused one, else a new one).
+    Pooled,
+    /// A reused connection broke; the next `upstream_peer` makes the attempt again.
+    FreshPending,
+    /// A new connection, used for this request only (never pooled).
+    Fresh,
 }
 
 /// One request in flight on a provider (`least_loaded` compares these).
@@ -69,6 +88,8 @@ impl Attempt {
             provider: provider_index,
             reservation: None,
             body,
+            answered: false,
+            connection: Connection::Pooled,
             _in_flight: InFlight(provider.in_flight.clone()),
         }
     }

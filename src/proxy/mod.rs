@@ -57,7 +57,7 @@ use crate::admin::metrics::{local_outcome, Outcome, METRICS};
 use crate::admin::{access_log, activity};
 use crate::providers::Verdict;
 use crate::usage::{JsonUsageScanner, SseUsageParser};
-use attempt::Attempt;
+use attempt::{Attempt, Connection};
 use ctx::UsageTracker;
 use intake::{Answer, Step};
 use replay::BodyReplaySession;
@@ -303,6 +303,60 @@ impl Relay {
         }
     }
 
+    /// The upstream of an attempt on `provider`: its resolved address (never DNS here) and the
+    /// connection's timeouts. `fresh`: a new connection, whatever the pool holds.
+    fn peer(
+        state: &RuntimeState,
+        provider: &ProviderRuntime,
+        fresh: bool,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(addr) = provider.addrs.pick() else {
+            return Err(errors::answer(ApiError::UpstreamUnreachable {
+                provider: provider.name().to_owned(),
+                reason: format!("host {} did not resolve", provider.addrs.host()),
+            }));
+        };
+        let base = &provider.config.base_url;
+        let server = &state.config.server;
+        let mut peer = HttpPeer::new(addr, base.tls, base.host.clone());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(server.upstream_connect_timeout);
+        options.total_connection_timeout = Some(server.upstream_connect_timeout * 2);
+        options.read_timeout = Some(server.upstream_read_timeout);
+        options.write_timeout = Some(server.upstream_read_timeout);
+        // A pooled connection is closed after this long unused, and probed while it waits: a
+        // NAT or firewall that forgets idle connections silently would otherwise leave the next
+        // request on it unanswered until `timeout_ms`.
+        options.idle_timeout = Some(server.upstream_idle_timeout);
+        options.tcp_keepalive = Some(UPSTREAM_KEEPALIVE);
+        if fresh {
+            // The pool is keyed by the peer's hash: a key of its own finds no pooled
+            // connection. The request says `Connection: close`, so this one is not pooled
+            // either (under a key nobody asks for again).
+            peer.group_key = fastrand::u64(1..);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Whether `e` broke the attempt's upstream connection before the provider's response
+    /// header arrived — a reset, a close or an I/O error while writing the request or waiting
+    /// for the answer — on an attempt that did not already get a fresh connection. A timeout is
+    /// not one: the provider may be working on (and billing) the request.
+    fn stale_connection(session: &Session, e: &Error, ctx: &RequestCtx) -> bool {
+        let pooled = ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| !a.answered && a.connection == Connection::Pooled);
+        pooled
+            && session.response_written().is_none()
+            && *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+            && errors::relay_answer(e).is_none()
+    }
+
     /// Record an attempt's outcome in its provider's circuit breaker.
     fn record_outcome(ctx: &RequestCtx, failed: bool) {
         if let (Some(state), Some(attempt)) = (&ctx.state, &ctx.attempt) {
@@ -315,6 +369,19 @@ impl Relay {
         }
     }
 }
+
+/// TCP keepalive on upstream sockets (Go's `net.Dialer` probes after 15 s too): the probes keep
+/// a NAT's or firewall's entry of a pooled connection alive, and a connection whose peer is gone
+/// fails them and leaves the pool. `user_timeout`: data the upstream has not acknowledged for
+/// this long (a request written into a connection that leads nowhere) fails the connection
+/// instead of waiting `timeout_ms` for an answer that cannot come.
+const UPSTREAM_KEEPALIVE: pingora::protocols::TcpKeepalive = pingora::protocols::TcpKeepalive {
+    idle: Duration::from_secs(15),
+    interval: Duration::from_secs(5),
+    count: 3,
+    #[cfg(target_os = "linux")]
+    user_timeout: Duration::from_secs(30),
+};
 
 /// Prometheus' text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -387,6 +454,14 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state.clone().expect("set by request_filter");
+        if let Some(attempt) = ctx.attempt.as_mut() {
+            if attempt.connection == Connection::FreshPending {
+                // The same attempt again (its provider, key and body) after a reused connection
+                // broke: not a new attempt, and its circuit already let it through.
+                attempt.connection = Connection::Fresh;
+                return Self::peer(&state, &state.providers[attempt.provider], true);
+            }
+        }
         // The plan's provider for this attempt, or the next one that can take it now (and, when
         // its circuit is half-open, gets one of its probes).
         let health = &state.config.health;
@@ -422,21 +497,7 @@ impl ProxyHttp for Relay {
             provider,
             body,
         ));
-        let Some(addr) = provider.addrs.pick() else {
-            return Err(errors::answer(ApiError::UpstreamUnreachable {
-                provider: provider.name().to_owned(),
-                reason: format!("host {} did not resolve", provider.addrs.host()),
-            }));
-        };
-        let base = &provider.config.base_url;
-        let server = &state.config.server;
-        let mut peer = HttpPeer::new(addr, base.tls, base.host.clone());
-        peer.options.connection_timeout = Some(server.upstream_connect_timeout);
-        peer.options.total_connection_timeout = Some(server.upstream_connect_timeout * 2);
-        peer.options.read_timeout = Some(server.upstream_read_timeout);
-        peer.options.write_timeout = Some(server.upstream_read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(90));
-        Ok(Box::new(peer))
+        Self::peer(&state, provider, false)
     }
 
     async fn connected_to_upstream(
@@ -490,14 +551,18 @@ impl ProxyHttp for Relay {
             .sticky
             .filter(|s| s.provider == attempt.provider)
             .map(|s| s.key);
-        attempt
-            .reserve_key(provider, &ctx.demand, &skipped, preferred)
-            .map_err(errors::answer)?;
-        attempt
-            .admit_shared(&state, provider, &ctx.demand, &skipped, preferred)
-            .await
-            .map_err(errors::answer)?;
-        if let Some(key) = attempt.key_index() {
+        // Made again on a fresh connection, the attempt keeps the key it reserved.
+        let reserved = attempt.reservation.is_some();
+        if !reserved {
+            attempt
+                .reserve_key(provider, &ctx.demand, &skipped, preferred)
+                .map_err(errors::answer)?;
+            attempt
+                .admit_shared(&state, provider, &ctx.demand, &skipped, preferred)
+                .await
+                .map_err(errors::answer)?;
+        }
+        if let (false, Some(key)) = (reserved, attempt.key_index()) {
             ctx.tried.push((attempt.provider, key));
             if log::log_enabled!(log::Level::Debug) {
                 let pool = provider.pool.as_ref().expect("a reserved key has a pool");
@@ -518,6 +583,10 @@ impl ProxyHttp for Relay {
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
         attempt.prepare(provider, ctx.credential, origin, upstream)?;
+        if attempt.connection == Connection::Fresh {
+            // This connection was made for this request only (see `Relay::peer`).
+            upstream.insert_header(http::header::CONNECTION, "close")?;
+        }
         if ctx.metrics_on() {
             ctx.upstream_sent_at = Some(std::time::Instant::now());
         }
@@ -548,6 +617,9 @@ impl ProxyHttp for Relay {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if let Some(attempt) = ctx.attempt.as_mut() {
+            attempt.answered = true;
+        }
         if ctx.metrics_on() {
             ctx.upstream_header_at = Some(std::time::Instant::now());
         }
@@ -675,11 +747,33 @@ impl ProxyHttp for Relay {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        _client_reused: bool,
+        upstream_reused: bool,
     ) -> Box<Error> {
+        // (Pingora's `client_reused` is its client side: the upstream connection.)
         let mut e = e.more_context(format!("peer {peer}"));
         if errors::is_relay_retry(&e) {
             // Our own status-driven retry: keep it (Pingora's default refuses POST retries).
+            e.set_retry(true);
+            return e;
+        }
+        if upstream_reused && Self::stale_connection(session, &e, ctx) {
+            // A pooled connection broke before the provider answered (it had closed it, a
+            // middlebox forgot it): the same attempt again on a fresh connection, as a browser
+            // or Go's http.Transport does. No attempt used up, no failure for the circuit, the
+            // key kept; the body is replayed whole.
+            if let Some(attempt) = ctx.attempt.as_mut() {
+                attempt.connection = Connection::FreshPending;
+            }
+            if let (true, Some(provider)) = (ctx.metrics_on(), ctx.provider()) {
+                provider.connection_metrics.stale(provider.name());
+            }
+            log::debug!(
+                "{} attempt {}: a reused connection to {} broke ({}); again on a fresh one",
+                ctx.request_id,
+                ctx.attempts,
+                ctx.provider_name(),
+                e.etype().as_str()
+            );
             e.set_retry(true);
             return e;
         }
@@ -805,7 +899,8 @@ impl ProxyHttp for Relay {
         _error: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
-        // Every retry is the relay's own decision, counted in cc_relay_retries_total: Pingora's
+        // Every retry is the relay's own decision, counted in cc_relay_retries_total (a stale
+        // pooled connection in cc_relay_upstream_reused_connection_retries_total): Pingora's
         // WARN line per retry would repeat the error with its context (for a malformed
         // upstream header, the header's bytes: a megabyte header wrote megabytes of log).
         true

@@ -56,6 +56,15 @@ pub struct MockConfig {
     pub vertex: Option<VertexMock>,
     /// Act as AWS Bedrock (see [`BedrockMock`]).
     pub bedrock: Option<BedrockMock>,
+    /// Reset (RST) every connection when its Nth request arrives, without answering it: an
+    /// upstream, or a load balancer in front of it, that drops kept-alive connections after N
+    /// requests (or while they were idle) just as the client reuses one.
+    pub reset_connection_on_request: Option<usize>,
+    /// A middlebox that silently forgets connections idle longer than this: a request that
+    /// arrives on a connection after such a pause is read but never answered, and the socket
+    /// stays open (no RST, no FIN), as when the packets go nowhere. Idle counts from the
+    /// moment the previous response's header was handed to the connection.
+    pub black_hole_after_idle: Option<Duration>,
 }
 
 impl Default for MockConfig {
@@ -70,6 +79,8 @@ impl Default for MockConfig {
             foundry_keys: None,
             vertex: None,
             bedrock: None,
+            reset_connection_on_request: None,
+            black_hole_after_idle: None,
         }
     }
 }
@@ -155,6 +166,10 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// 429s answered because a key's limits were exceeded (not injected faults).
     rate_limited: AtomicU64,
+    /// Connections reset by `reset_connection_on_request`, requests left unanswered by
+    /// `black_hole_after_idle`.
+    connection_resets: AtomicU64,
+    black_holed: AtomicU64,
 }
 
 /// A running mock upstream. Cheap to clone; it serves until [`MockUpstream::shutdown`] or until
@@ -187,6 +202,8 @@ impl MockUpstream {
             token_uri: format!("http://{addr}/token"),
             shutdown,
             rate_limited: AtomicU64::new(0),
+            connection_resets: AtomicU64::new(0),
+            black_holed: AtomicU64::new(0),
         });
         tokio::spawn(server::serve(listener, shared.clone()));
         Ok(MockUpstream { shared, addr })
@@ -210,6 +227,16 @@ impl MockUpstream {
     /// what a relay that keeps to the keys' budgets never causes.
     pub fn rate_limited(&self) -> u64 {
         self.shared.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Connections reset by [`MockConfig::reset_connection_on_request`].
+    pub fn connection_resets(&self) -> u64 {
+        self.shared.connection_resets.load(Ordering::Relaxed)
+    }
+
+    /// Requests never answered because of [`MockConfig::black_hole_after_idle`].
+    pub fn black_holed(&self) -> u64 {
+        self.shared.black_holed.load(Ordering::Relaxed)
     }
 
     /// Requests received (every path, counted even when `record` is off).

@@ -46,6 +46,13 @@ struct Args {
     /// errors) accepting this key; repeat for more.
     #[arg(long = "foundry-key")]
     foundry_keys: Vec<String>,
+    /// Reset every connection (RST) when its Nth request arrives, without answering it.
+    #[arg(long)]
+    reset_connection_on_request: Option<usize>,
+    /// Never answer a request that arrives on a connection idle longer than this (a middlebox
+    /// that silently forgot the connection).
+    #[arg(long)]
+    black_hole_after_idle_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +90,8 @@ async fn run(args: Args) -> std::io::Result<()> {
         foundry_keys: (!args.foundry_keys.is_empty()).then_some(args.foundry_keys),
         vertex: None,
         bedrock: None,
+        reset_connection_on_request: args.reset_connection_on_request,
+        black_hole_after_idle: args.black_hole_after_idle_ms.map(Duration::from_millis),
     };
     // Install handlers before announcing readiness: a script may signal as soon as it reads
     // the line, and the default disposition would kill us uncleanly.

@@ -2,9 +2,9 @@
 
 use std::borrow::Cow;
 use std::io;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -54,8 +54,23 @@ async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     if *shutdown.borrow() {
         return;
     }
+    if shared.cfg.reset_connection_on_request.is_some() {
+        // Closing the socket then sends RST instead of FIN (the fault's point; without the
+        // fault every close stays graceful).
+        let _ = stream.set_zero_linger();
+    }
+    let conn_state = Arc::new(ConnState::default());
     let svc_shared = shared.clone();
-    let svc = service_fn(move |req| handle(svc_shared.clone(), req));
+    let svc_conn = conn_state.clone();
+    let svc = service_fn(move |req| {
+        let (shared, conn) = (svc_shared.clone(), svc_conn.clone());
+        async move {
+            conn_fault(&shared, &conn).await;
+            let resp = handle(shared, req).await;
+            *lock(&conn.idle_since) = Instant::now();
+            resp
+        }
+    });
     let conn = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc);
@@ -66,8 +81,51 @@ async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                 log::debug!("mock upstream: connection ended: {e}");
             }
         }
+        // Dropped with a zero linger: the socket is reset.
+        _ = conn_state.reset.notified() => {}
         // Dropping the connection closes the socket, cutting any in-flight response.
         _ = shutdown.changed() => {}
+    }
+}
+
+/// What the requests of one connection share, for the connection faults.
+struct ConnState {
+    /// Requests that arrived on it.
+    requests: AtomicUsize,
+    /// When its last response was handed over (or it was accepted).
+    idle_since: Mutex<Instant>,
+    /// Reset it now.
+    reset: tokio::sync::Notify,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState {
+            requests: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            reset: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// `reset_connection_on_request` and `black_hole_after_idle`: a request they catch never
+/// returns (the connection is reset under it, or it waits for the mock's shutdown).
+async fn conn_fault(shared: &Shared, conn: &ConnState) {
+    let n = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if shared.cfg.reset_connection_on_request == Some(n) {
+        shared.connection_resets.fetch_add(1, Ordering::Relaxed);
+        conn.reset.notify_one();
+        std::future::pending::<()>().await;
+    }
+    let idle = lock(&conn.idle_since).elapsed();
+    if n > 1
+        && shared
+            .cfg
+            .black_hole_after_idle
+            .is_some_and(|limit| idle > limit)
+    {
+        shared.black_holed.fetch_add(1, Ordering::Relaxed);
+        std::future::pending::<()>().await;
     }
 }
 
