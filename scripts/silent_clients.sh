@@ -4,13 +4,14 @@
 # scripts/silent_clients.py: N_SILENT connections (half plain TCP, half half a ClientHello) and
 # N_H2 idle h2 connections, a normal client served meanwhile, the relay's RSS.
 # Usage: N_SILENT=4096 N_H2=2000 WAIT=10 bash scripts/silent_clients.sh
+#        (RELAY_BIN=target/release/cc-relay to use another build than `dist`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 N_SILENT=${N_SILENT:-4096}
 N_H2=${N_H2:-2000}
 WAIT=${WAIT:-10}
-BIN=${CARGO_TARGET_DIR:-target}/dist/cc-relay
+BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-target}/dist/cc-relay}
 [ -x "$BIN" ] || cargo build --profile dist --bin cc-relay
 ulimit -n $(( (N_SILENT + N_H2) * 2 + 1024 ))
 

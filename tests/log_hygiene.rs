@@ -81,6 +81,9 @@ async fn an_unreachable_upstream_is_answered_without_an_error_line_per_request()
     for _ in 0..3 {
         let r = post_messages(&relay, &message_body("m", false), &[]).await;
         assert_eq!(r.status(), 502);
+        // The relay closes the connection after its answer, and says so: a kept-alive client
+        // would otherwise send its next request into a closed socket.
+        assert_eq!(r.headers()["connection"], "close");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = relay.logs();

@@ -870,6 +870,14 @@ impl ProxyHttp for Relay {
         };
         let code = err.status();
         ctx.local_status = Some(code);
+        // Pingora closes the connection after this answer (can_reuse_downstream below): say so
+        // in the answer, or a kept-alive client sends its next request into a closed socket.
+        // No attempt follows, so the real session goes back now (the replay wrapper ignores
+        // keep-alive settings).
+        if ctx.replay_installed {
+            BodyReplaySession::restore(session);
+        }
+        session.set_keepalive(None);
         if let Err(write_err) = errors::write_error(session, &err, &ctx.request_id).await {
             log::debug!("{}: could not send the error: {write_err}", ctx.request_id);
         }
