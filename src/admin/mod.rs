@@ -118,6 +118,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "open": crate::lifecycle::open_connections(),
                 "limit": state.config.server.max_connections,
             },
+            "requests_unsettled": crate::proxy::unsettled_requests(),
             "buffered_body_bytes": {
                 "held": crate::proxy::buffered_body_bytes(),
                 "limit": state.config.server.max_buffered_body_bytes,

@@ -101,8 +101,12 @@ pub fn authenticate(
     }
 }
 
-/// Endpoints the relay answers from its own state.
-pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
+/// Endpoints the relay answers from its own state. They settle nothing: they leave the count
+/// of requests not settled yet before they read it (`/status`).
+pub fn local_endpoints(ctx: &mut RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
+    if !ctx.endpoint.is_proxied() {
+        ctx.unsettled.end();
+    }
     let body = match ctx.endpoint {
         Endpoint::Root => Bytes::from_static(b"{\"status\":\"ok\",\"service\":\"cc-relay\"}"),
         Endpoint::Health => crate::admin::health_body(state),
