@@ -64,8 +64,9 @@ build: deps-build
 run: build
 	./target/dist/cc-relay serve $(if $(CONFIG),--config $(CONFIG))
 
+# --no-fail-fast: every test binary runs even when one fails, so a run reports all of them.
 test: deps
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 
 # Fuzzing (nightly + cargo-fuzz): every target for FUZZ_SECONDS each, from the committed seeds
 # (fuzz/seeds/, read only) and what earlier runs found (target/fuzz-corpus/). A crash stops

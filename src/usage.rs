@@ -18,31 +18,42 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Every token reported (input, cache writes and reads, output), as a client's budget
-    /// counts them; added without wrapping.
-    pub fn total(&self) -> u64 {
-        self.input_tokens
-            .saturating_add(self.cache_creation_input_tokens)
-            .saturating_add(self.cache_read_input_tokens)
-            .saturating_add(self.output_tokens)
+    /// Output no more than the request allowed (`max_tokens`, when given): the upstream
+    /// cannot have produced more, whatever its figure says.
+    fn output_allowed(&self, max_tokens: u64) -> u64 {
+        if max_tokens > 0 {
+            self.output_tokens.min(max_tokens)
+        } else {
+            self.output_tokens
+        }
     }
 
     /// What the response costs against `max_tokens` worth of output and the key's input
     /// budget: input plus cache writes (cache reads do not count toward input limits), added
-    /// without wrapping, and output no more than the request allowed (`max_tokens`, when
-    /// given) — the upstream cannot have produced more, whatever its figure says.
+    /// without wrapping, and output no more than [`Usage::output_allowed`].
     pub fn settlement(&self, max_tokens: u64) -> crate::pool::Settlement {
-        let output = if max_tokens > 0 {
-            self.output_tokens.min(max_tokens)
-        } else {
-            self.output_tokens
-        };
         crate::pool::Settlement {
             input_tokens: self
                 .input_tokens
                 .saturating_add(self.cache_creation_input_tokens),
-            output_tokens: output,
+            output_tokens: self.output_allowed(max_tokens),
         }
+    }
+
+    /// What a client's budget is charged for a request of `body_bytes` bytes: every token
+    /// reported, with the output capped as the key's settlement caps it, and the input side
+    /// (input, cache writes and reads: all the prompt the body carried) at most one token per
+    /// byte of the body. A key's bucket caps what one response can cost it; a budget counts a
+    /// whole month and is saved, so an upstream's figure (`input_tokens: 2^64-1`) must not
+    /// lock a client out. A prompt takes several bytes a token; what a short body can pull in
+    /// beyond that (a document by URL or file id, a server tool's results) goes uncounted, the
+    /// price of not trusting the upstream's word.
+    pub fn budget_tokens(&self, max_tokens: u64, body_bytes: u64) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+            .min(body_bytes)
+            .saturating_add(self.output_allowed(max_tokens))
     }
 }
 
@@ -539,6 +550,24 @@ mod tests {
         };
         let s = honest.settlement(64_000);
         assert_eq!((s.input_tokens, s.output_tokens), (120, 300));
+    }
+
+    #[test]
+    fn a_budget_is_charged_no_more_than_the_request_could_have_used() {
+        let hostile = Usage {
+            input_tokens: u64::MAX,
+            cache_creation_input_tokens: 10,
+            cache_read_input_tokens: u64::MAX,
+            output_tokens: 1_000_000_000,
+        };
+        assert_eq!(hostile.budget_tokens(16, 300), 316);
+        let honest = Usage {
+            input_tokens: 100,
+            cache_creation_input_tokens: 20,
+            cache_read_input_tokens: 5_000,
+            output_tokens: 300,
+        };
+        assert_eq!(honest.budget_tokens(64_000, 40_000), 5_420);
     }
 
     fn stream(output_deltas: &[u64]) -> String {

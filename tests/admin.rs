@@ -57,3 +57,37 @@ async fn admin_listener_serves_health_open_and_status_behind_the_relay_key() {
     let wrong = c.post(format!("{admin}/status")).send().await.unwrap();
     assert_eq!(wrong.status(), 405);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_a_request_until_it_is_settled_and_never_itself() {
+    let mock = start_mock().await;
+    let relay = std::sync::Arc::new(RelayProcess::start(
+        "",
+        &pool_config(&mock, &[("k1", "sk-1", "")], ""),
+    ));
+    let unsettled = |status: serde_json::Value| status["requests_unsettled"].as_u64().unwrap();
+    assert_eq!(unsettled(get_json(&relay, "/status").await), 0);
+    let slow = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            post_messages(
+                &relay,
+                &message_body("m", false),
+                &[("x-mock-latency-ms", "1000")],
+            )
+            .await
+            .status()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while unsettled(get_json(&relay, "/status").await) != 1 {
+        assert!(std::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+    relay.wait_settled(None).await;
+    let status = get_json(&relay, "/status").await;
+    assert_eq!(unsettled(status.clone()), 0);
+    // Settled means counted: the key's in-flight reservation is over too.
+    assert_eq!(key_status(&status, "k1")["in_flight"], 0);
+}

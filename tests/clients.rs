@@ -78,6 +78,7 @@ async fn two_clients_with_their_own_quotas_one_runs_out_the_other_does_not_notic
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(send(&relay, &[("x-api-key", "shared-key")]).await.0, 200);
+    relay.wait_settled(Some("shared-key")).await;
     // Alice's refused request never reached the upstream, and no relay key was spent on it.
     assert_eq!(mock.requests().len(), 8);
     let status = status_as(&relay, "shared-key").await;
@@ -149,8 +150,10 @@ async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart(
     };
     let mut relay = RelayProcess::start(&server, &config(""));
     let carol = [("x-api-key", "carol-key")];
-    // Under the budget when it starts; the response's usage (input + 12 output) spends it.
+    // Under the budget when it starts; the response's usage (input + 12 output) spends it,
+    // once the relay has settled it (after the client has its response).
     assert_eq!(send(&relay, &carol).await.0, 200);
+    relay.wait_settled(Some("carol-key")).await;
     let refused = |(status, body, retry_after): (u16, serde_json::Value, String)| {
         assert_eq!(status, 429, "{body}");
         assert_eq!(error_type(&body), "rate_limit_error");
@@ -167,6 +170,7 @@ async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart(
     };
     refused(send(&relay, &carol).await);
     assert_eq!(send(&relay, &[("x-api-key", "dan-key")]).await.0, 200);
+    relay.wait_settled(Some("dan-key")).await;
 
     // A reload keeps the count.
     relay.rewrite_config(&server, &config("metrics:\n  enabled: true\n"));
@@ -254,4 +258,189 @@ async fn max_concurrent_caps_a_clients_requests_in_flight() {
     assert_eq!(send(&relay, &[("x-api-key", "gus-key")]).await.0, 200);
     assert_eq!(slow.await.unwrap().0, 200);
     assert_eq!(send(&relay, &[("x-api-key", "fay-key")]).await.0, 200);
+}
+
+/// The request body as reqwest sends it (`.json()`), whose length bounds the input charged.
+fn body_bytes(body: &serde_json::Value) -> u64 {
+    serde_json::to_vec(body).unwrap().len() as u64
+}
+
+/// The state file's day count for `client`, once it parses and has one.
+fn saved_day_tokens(path: &std::path::Path, client: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let file: serde_json::Value = serde_json::from_str(&text).ok()?;
+    file["clients"][client]["day_tokens"].as_u64()
+}
+
+/// Wait until the state file holds `want` for each client's day (the writer saves each second).
+async fn wait_saved(path: &std::path::Path, want: &[(&str, u64)], relay: &RelayProcess) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if want
+            .iter()
+            .all(|(c, n)| saved_day_tokens(path, c) == Some(*n))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state file never held {want:?}: {:?}\nlogs:\n{}",
+            std::fs::read_to_string(path),
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn day_used(relay: &RelayProcess, key: &str, index: usize) -> u64 {
+    status_as(relay, key).await["clients"][index]["daily_budget"]["used"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_is_charged_no_more_than_the_request_could_have_used() {
+    let mock = start_mock().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("budgets.json");
+    let server = format!("  state_file: \"{}\"\n", state_file.display());
+    let config = format!(
+        "{}clients:\n  - name: hal\n    key: hal-key\n    daily_token_budget: 100000\n    \
+         monthly_token_budget: 1000000\n",
+        pool_config(&mock, &[("k1", "sk-1", "")], "")
+    );
+    let relay = RelayProcess::start(&server, &config);
+    let hal = [("x-api-key", "hal-key")];
+    let mut body = body();
+    body["max_tokens"] = 16.into();
+    let bytes = body_bytes(&body);
+
+    // An upstream that says a 16-token answer took a billion tokens: 16 are charged.
+    let resp = post_messages(
+        &relay,
+        &body,
+        &[hal[0], ("x-mock-output-tokens", "1000000000")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let usage = resp.json::<serde_json::Value>().await.unwrap()["usage"].clone();
+    assert_eq!(usage["output_tokens"], 1_000_000_000, "{usage}");
+    let input = usage["input_tokens"].as_u64().unwrap();
+    relay.wait_settled(Some("hal-key")).await;
+    let first = input + 16;
+    assert_eq!(day_used(&relay, "hal-key", 0).await, first);
+
+    // One that says the prompt took 2^64-1 tokens: no more than the body's bytes are charged,
+    // and the client is still served.
+    let resp = post_messages(
+        &relay,
+        &body,
+        &[hal[0], ("x-mock-input-tokens", "18446744073709551615")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    relay.wait_settled(Some("hal-key")).await;
+    let second = first + bytes + 12;
+    assert_eq!(day_used(&relay, "hal-key", 0).await, second);
+    let status = status_as(&relay, "hal-key").await;
+    assert_eq!(status["clients"][0]["monthly_budget"]["used"], second);
+    assert_eq!(send(&relay, &hal).await.0, 200);
+    // And the file holds no more than that either.
+    relay.wait_settled(Some("hal-key")).await;
+    let third = day_used(&relay, "hal-key", 0).await;
+    assert!(third > second && third < 1000, "{third}");
+    wait_saved(&state_file, &[("hal", third)], &relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_file_replaced_or_deleted_under_the_relay_loses_no_count() {
+    let mock = start_mock().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("budgets.json");
+    let server = format!("  state_file: \"{}\"\n", state_file.display());
+    let config = format!(
+        "{}clients:\n  - name: alice\n    key: alice-key\n    daily_token_budget: 100\n  \
+         - name: bob\n    key: bob-key\n    daily_token_budget: 1000000\n",
+        pool_config(&mock, &[("k1", "sk-1", "")], "")
+    );
+    let mut relay = RelayProcess::start(&server, &config);
+    let alice = [("x-api-key", "alice-key")];
+    let bob = [("x-api-key", "bob-key")];
+    // Alice spends her budget in one request; bob uses some of his.
+    let resp = post_messages(
+        &relay,
+        &body(),
+        &[alice[0], ("x-mock-output-tokens", "150")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(send(&relay, &bob).await.0, 200);
+    relay.wait_settled(Some("bob-key")).await;
+    let alice_used = day_used(&relay, "bob-key", 0).await;
+    let mut bob_used = day_used(&relay, "bob-key", 1).await;
+    assert!(alice_used > 150, "{alice_used}");
+    wait_saved(
+        &state_file,
+        &[("alice", alice_used), ("bob", bob_used)],
+        &relay,
+    )
+    .await;
+
+    // Garbage in its place (moved aside, said once), then bob's next request: nobody's count
+    // goes down, in memory or in the file written again.
+    let garbage = state_dir.path().join("garbage");
+    std::fs::write(&garbage, "not a state file {").unwrap();
+    std::fs::rename(&garbage, &state_file).unwrap();
+    assert_eq!(send(&relay, &bob).await.0, 200);
+    relay.wait_settled(Some("bob-key")).await;
+    let bob_after = day_used(&relay, "bob-key", 1).await;
+    assert!(bob_after > bob_used, "{bob_after} after {bob_used}");
+    bob_used = bob_after;
+    wait_saved(
+        &state_file,
+        &[("alice", alice_used), ("bob", bob_used)],
+        &relay,
+    )
+    .await;
+    assert_eq!(day_used(&relay, "bob-key", 0).await, alice_used);
+    assert_eq!(send(&relay, &alice).await.0, 429);
+    let aside = std::fs::read_to_string(state_dir.path().join("budgets.json.unreadable"));
+    assert_eq!(aside.unwrap(), "not a state file {");
+
+    // Deleted: written again with what the relay knows, with no request to prompt it, and
+    // bob's next request adds to his count rather than starting it over.
+    std::fs::remove_file(&state_file).unwrap();
+    wait_saved(
+        &state_file,
+        &[("alice", alice_used), ("bob", bob_used)],
+        &relay,
+    )
+    .await;
+    std::fs::remove_file(&state_file).unwrap();
+    assert_eq!(send(&relay, &bob).await.0, 200);
+    relay.wait_settled(Some("bob-key")).await;
+    let bob_after = day_used(&relay, "bob-key", 1).await;
+    assert!(bob_after > bob_used, "{bob_after} after {bob_used}");
+    bob_used = bob_after;
+    wait_saved(
+        &state_file,
+        &[("alice", alice_used), ("bob", bob_used)],
+        &relay,
+    )
+    .await;
+    assert_eq!(day_used(&relay, "bob-key", 1).await, bob_used);
+    assert_eq!(
+        relay.logs().matches("is not a state file").count(),
+        1,
+        "{}",
+        relay.logs()
+    );
+
+    // After a restart alice is still over her budget.
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    let relay = RelayProcess::start(&server, &config);
+    assert_eq!(send(&relay, &alice).await.0, 429);
+    assert_eq!(day_used(&relay, "bob-key", 0).await, alice_used);
+    assert_eq!(day_used(&relay, "bob-key", 1).await, bob_used);
 }

@@ -62,18 +62,6 @@ async fn scrape(url: &str) -> (String, Vec<Sample>) {
     (text, samples)
 }
 
-/// Scrape until `done` holds (at most 2 s), then return the last scrape.
-async fn scrape_until(url: &str, done: impl Fn(&[Sample]) -> bool) -> (String, Vec<Sample>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let (text, samples) = scrape(url).await;
-        if done(&samples) || std::time::Instant::now() > deadline {
-            return (text, samples);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// The value of the sample `name` whose labels include `labels` (0 when absent).
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
@@ -123,26 +111,9 @@ async fn metrics_count_requests_tokens_and_follow_each_keys_budget() {
     assert_eq!(missing.status(), 404);
 
     // Requests are counted when they end (Pingora's logging phase), a moment after the client
-    // read the response: scrape until they are all in.
-    let proxied = [
-        ("provider", "pool"),
-        ("key", "k1"),
-        ("status_class", "2xx"),
-        ("outcome", "proxied"),
-    ];
-    let (text, after) = scrape_until(&url, |s| {
-        value(s, "cc_relay_requests_total", &proxied) >= 3.0
-            && value(
-                s,
-                "cc_relay_requests_total",
-                &[
-                    ("provider", "-"),
-                    ("status_class", "4xx"),
-                    ("outcome", "client_error"),
-                ],
-            ) >= 2.0
-    })
-    .await;
+    // read the response: wait until they are all settled.
+    relay.wait_settled(Some("relay-metrics-secret")).await;
+    let (text, after) = scrape(&url).await;
     assert!(!text.contains("sk-metrics-secret") && !text.contains("relay-metrics-secret"));
     let defined = defined_metric_names();
     for sample in &after {
@@ -254,14 +225,8 @@ async fn metrics_count_requests_tokens_and_follow_each_keys_budget() {
     assert_eq!(throttled_resp.status(), 429);
     let local = post_messages(&relay, &message_body("m", false), &auth).await;
     assert_eq!(local.status(), 429);
-    let (_, cooled) = scrape_until(&url, |s| {
-        value(
-            s,
-            "cc_relay_requests_total",
-            &[("status_class", "4xx"), ("outcome", "local_429")],
-        ) >= 1.0
-    })
-    .await;
+    relay.wait_settled(Some("relay-metrics-secret")).await;
+    let (_, cooled) = scrape(&url).await;
     assert_eq!(
         value(
             &cooled,

@@ -273,16 +273,12 @@ async fn streamed_usage_settles_output_tokens() {
     .await;
     let mut stream = resp.bytes_stream();
     while stream.next().await.is_some() {}
-    // Settlement happens as the response ends; give the relay a moment to finish it.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let remaining = loop {
-        let st = get_json(&relay, "/status").await;
-        let k = key_status(&st, "only");
-        if k["in_flight"] == 0 || Instant::now() > deadline {
-            break k["output_tokens"]["remaining"].as_u64().unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Settlement happens as the response ends, after the client has read it.
+    relay.wait_settled(None).await;
+    let st = get_json(&relay, "/status").await;
+    let remaining = key_status(&st, "only")["output_tokens"]["remaining"]
+        .as_u64()
+        .unwrap();
     // 10,000 - 3,000 used, plus at most a few seconds of refill (10,000/60 per second).
     assert!(
         (7000..=7700).contains(&remaining),

@@ -30,6 +30,7 @@ async fn status_prints_each_keys_budget_as_a_table_and_as_json() {
             .status(),
         200
     );
+    relay.wait_settled(Some("relay-status-secret")).await;
     let url = relay.url("");
 
     let json = tokio::task::spawn_blocking({

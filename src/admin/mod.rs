@@ -119,6 +119,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
                 "tls_handshake_failures": crate::lifecycle::tls_handshake_failures(),
                 "limit": state.config.server.max_connections,
             },
+            "requests_unsettled": crate::proxy::unsettled_requests(),
             "buffered_body_bytes": {
                 "held": crate::proxy::buffered_body_bytes(),
                 "limit": state.config.server.max_buffered_body_bytes,

@@ -193,11 +193,21 @@ impl PeriodCounter {
         unpack(packed)
     }
 
-    /// Set the period's total to `tokens` (from the state file) unless a later period began.
-    fn set(&self, period: u64, tokens: u64) {
-        let _ = self.0.fetch_update(Relaxed, Relaxed, |packed| {
-            (unpack(packed).0 <= period).then_some(pack(period, tokens))
-        });
+    /// Raise the period's total to `tokens` (from the state file): never lower it, and leave
+    /// a later period alone.
+    fn raise(&self, period: u64, tokens: u64) {
+        let _ = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |packed| match unpack(packed) {
+                (p, used) if p == period && used < tokens => Some(pack(period, tokens)),
+                (p, _) if p < period => Some(pack(period, tokens)),
+                _ => None,
+            });
+    }
+
+    /// Its period and tokens.
+    fn get(&self) -> (u64, u64) {
+        unpack(self.0.load(Relaxed))
     }
 }
 
@@ -228,8 +238,9 @@ impl Budget {
         }
         for period in Period::BOTH {
             let number = calendar.period(period);
-            self.used[slot(period)].add(number, tokens);
+            // Unsaved first: what `known` sees in `used` is then already in `unsaved`.
             self.unsaved[slot(period)].add(number, tokens);
+            self.used[slot(period)].add(number, tokens);
         }
     }
 
@@ -243,10 +254,24 @@ impl Budget {
         self.unsaved[slot(period)].add(number, tokens);
     }
 
-    /// The period's total as the state file has it, plus what was added since it was taken.
+    /// What this process has seen of its latest period, less what is still unsaved: (period
+    /// number, tokens). Called after [`Budget::take_unsaved`], it is what the file must hold at
+    /// least once the taken tokens are in it, whatever happened to the file meanwhile.
+    pub(super) fn known(&self, period: Period) -> (u64, u64) {
+        let (number, used) = self.used[slot(period)].get();
+        // Read after `used`: an add counted there is already here (see `add`).
+        (
+            number,
+            used.saturating_sub(self.unsaved[slot(period)].used(number)),
+        )
+    }
+
+    /// The period's total as the state file has it, plus what was added since it was taken;
+    /// never less than what this process already counted (a file replaced or deleted under
+    /// it does not make it forget).
     pub(super) fn set_saved(&self, period: Period, number: u64, tokens: u64) {
         let pending = self.unsaved[slot(period)].used(number);
-        self.used[slot(period)].set(number, tokens.saturating_add(pending));
+        self.used[slot(period)].raise(number, tokens.saturating_add(pending));
     }
 }
 
@@ -297,5 +322,23 @@ mod tests {
         b.set_saved(Period::Day, now.day, 1010); // another process had used 1000
         assert_eq!(b.used(Period::Day, &now), 1013);
         assert_eq!(b.take_unsaved(Period::Day), (now.day, 3));
+    }
+
+    #[test]
+    fn a_file_that_says_less_does_not_lower_the_count() {
+        let b = Budget::default();
+        let now = Calendar::at(1_796_068_443);
+        b.set_saved(Period::Day, now.day, 150);
+        b.add(10, &now);
+        assert_eq!(b.take_unsaved(Period::Day), (now.day, 10));
+        assert_eq!(b.known(Period::Day), (now.day, 160));
+        b.add(5, &now); // not saved yet: not known to the file
+        assert_eq!(b.known(Period::Day), (now.day, 160));
+        b.set_saved(Period::Day, now.day, 10); // the file was deleted: only the 10 came back
+        assert_eq!(b.used(Period::Day, &now), 165);
+        // A later period in the file does replace it.
+        let tomorrow = Calendar::at(now.day_ends + 1);
+        b.set_saved(Period::Day, tomorrow.day, 7);
+        assert_eq!(b.used(Period::Day, &tomorrow), 7);
     }
 }

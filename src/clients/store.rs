@@ -9,6 +9,14 @@
 //! upgrade's old and new processes — or relays on one machine sharing the file — add up their
 //! usage instead of overwriting each other's, and each sees the others' within a save.
 //!
+//! A count this process has seen never goes down because the file changed under it: a file
+//! deleted, or replaced by one that is not a state file (moved aside to `<state_file>.unreadable`),
+//! is written again with what this process knows — for each client and period, the larger of
+//! the file's figure (plus what this process adds) and what this process has seen — and its
+//! counts in memory only rise. Taking the larger, never the sum, is what keeps several
+//! processes from counting each other's usage twice when one of them restores the file; what
+//! another process added since this one last read the file may then be lost from it.
+//!
 //! The file is JSON, by client name:
 //! `{"version":1,"clients":{"alice":{"day":"2026-11-30","day_tokens":1234,"month":"2026-11",
 //! "month_tokens":56789}}}`. A client removed from the config keeps its line (it may come back).
@@ -34,7 +42,7 @@ struct StateFile {
     clients: BTreeMap<String, Entry>,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Entry {
     #[serde(default)]
     day: String,
@@ -62,6 +70,34 @@ impl Entry {
             Period::Month => (self.month, self.month_tokens) = (month_label(number), tokens),
         }
     }
+
+    /// Add `delta` tokens of period `number`: to the period's figure, or as a new period's
+    /// first (nothing when the entry is already in a later period).
+    fn add(&mut self, period: Period, number: u64, delta: u64) {
+        match self.get(period) {
+            (n, tokens) if n == number => self.set(period, n, tokens.saturating_add(delta)),
+            (n, _) if n < number => self.set(period, number, delta),
+            _ => {}
+        }
+    }
+
+    /// Hold at least `tokens` in period `number` (nothing when it already does, or is in a
+    /// later period).
+    fn raise(&mut self, period: Period, number: u64, tokens: u64) {
+        match self.get(period) {
+            (n, held) if n == number && held < tokens => self.set(period, n, tokens),
+            (n, _) if n < number && tokens > 0 => self.set(period, number, tokens),
+            _ => {}
+        }
+    }
+
+    /// Hold at least what `other` holds, period by period.
+    fn raise_to(&mut self, other: &Entry) {
+        for period in Period::BOTH {
+            let (number, tokens) = other.get(period);
+            self.raise(period, number, tokens);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -72,6 +108,8 @@ struct Inner {
     /// The file as last read, for a client that appears in a later config.
     last_read: BTreeMap<String, Entry>,
     writer: bool,
+    /// The last save failed (and said so): the next failure is not logged again.
+    failing: bool,
 }
 
 static STORE: Lazy<Mutex<Inner>> = Lazy::new(Default::default);
@@ -83,6 +121,7 @@ pub fn budget(name: &str, path: &Path) -> Arc<Budget> {
     if inner.path.is_none() {
         inner.path = Some(path.to_owned());
         if let Err(e) = sync(&mut inner) {
+            inner.failing = true;
             log::error!(
                 "client budgets: cannot read or write {}: {e}; usage is counted in memory and \
                  saved when it can be",
@@ -107,7 +146,7 @@ pub fn budget(name: &str, path: &Path) -> Arc<Budget> {
             .name("cc-relay-state".into())
             .spawn(|| loop {
                 std::thread::sleep(SAVE_EVERY);
-                save();
+                save(false);
             });
         if let Err(e) = spawned {
             log::error!("client budgets: cannot start the writer thread: {e}");
@@ -119,26 +158,38 @@ pub fn budget(name: &str, path: &Path) -> Arc<Budget> {
 /// Write what was counted and not saved yet (before the process exits).
 pub fn flush() {
     if Lazy::get(&STORE).is_some() {
-        save();
+        save(true);
     }
 }
 
-fn save() {
+/// `last`: the process is exiting, a failure is said whether or not it was already.
+fn save(last: bool) {
     let mut inner = STORE.lock().unwrap_or_else(|e| e.into_inner());
     if inner.path.is_none() {
         return;
     }
-    if let Err(e) = sync(&mut inner) {
-        log::error!(
-            "client budgets: cannot save {}: {e} (tried again in {} s)",
-            inner.path.as_deref().unwrap_or(Path::new("")).display(),
-            SAVE_EVERY.as_secs()
-        );
+    let path = inner.path.clone().unwrap_or_default();
+    match sync(&mut inner) {
+        // Once per outage, not every second.
+        Err(e) if !inner.failing || last => {
+            inner.failing = true;
+            log::error!(
+                "client budgets: cannot save {}: {e} (tried again every {} s)",
+                path.display(),
+                SAVE_EVERY.as_secs()
+            );
+        }
+        Err(_) => {}
+        Ok(()) if inner.failing => {
+            inner.failing = false;
+            log::info!("client budgets: {} saved again", path.display());
+        }
+        Ok(()) => {}
     }
 }
 
-/// Under the file lock: read the file, add this process's unsaved usage, write it back if that
-/// changed it, and take its totals.
+/// Under the file lock: read the file, add this process's unsaved usage and raise it to what
+/// this process knows, write it back if that changed it, and take its totals.
 fn sync(inner: &mut Inner) -> std::io::Result<()> {
     let path = inner.path.clone().unwrap_or_default();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -150,25 +201,34 @@ fn sync(inner: &mut Inner) -> std::io::Result<()> {
         .write(true)
         .open(lock_path(&path))?;
     lock.lock()?;
-    let mut file = read(&path)?;
+    let read = read(&path)?.clients;
+    let mut clients = read.clone();
+    // Clients this process does not run (or not yet): what it last read of them.
+    for (name, seen) in &inner.last_read {
+        clients.entry(name.clone()).or_default().raise_to(seen);
+    }
     let mut taken = Vec::new();
     for (name, budget) in &inner.budgets {
-        let entry = file.clients.entry(name.clone()).or_default();
+        let mut entry = clients.get(name).cloned().unwrap_or_default();
         for period in Period::BOTH {
             let (number, delta) = budget.take_unsaved(period);
-            if delta == 0 {
-                continue;
+            if delta > 0 {
+                taken.push((budget.clone(), period, number, delta));
+                entry.add(period, number, delta);
             }
-            taken.push((budget.clone(), period, number, delta));
-            match entry.get(period) {
-                (n, tokens) if n == number => entry.set(period, n, tokens.saturating_add(delta)),
-                (n, _) if n < number => entry.set(period, number, delta),
-                _ => {} // the file is already in a later period
-            }
+            // After the take: what it has seen, the taken tokens included.
+            let (number, known) = budget.known(period);
+            entry.raise(period, number, known);
+        }
+        if entry != Entry::default() {
+            clients.insert(name.clone(), entry);
         }
     }
-    if !taken.is_empty() {
-        file.version = 1;
+    if clients != read {
+        let file = StateFile {
+            version: 1,
+            clients,
+        };
         if let Err(e) = write(&path, &file) {
             // Counted again at the next save.
             for (budget, period, number, delta) in taken {
@@ -176,16 +236,17 @@ fn sync(inner: &mut Inner) -> std::io::Result<()> {
             }
             return Err(e);
         }
+        clients = file.clients;
     }
     for (name, budget) in &inner.budgets {
-        if let Some(entry) = file.clients.get(name) {
+        if let Some(entry) = clients.get(name) {
             for period in Period::BOTH {
                 let (number, tokens) = entry.get(period);
                 budget.set_saved(period, number, tokens);
             }
         }
     }
-    inner.last_read = file.clients;
+    inner.last_read = clients;
     Ok(())
 }
 
@@ -210,7 +271,8 @@ fn read(path: &Path) -> std::io::Result<StateFile> {
             aside.push(".unreadable");
             std::fs::rename(path, &aside)?;
             log::error!(
-                "client budgets: {} is not a state file ({e}); moved to {} and started afresh",
+                "client budgets: {} is not a state file ({e}); moved to {} and written again \
+                 with what this process has counted",
                 path.display(),
                 Path::new(&aside).display()
             );
@@ -230,4 +292,95 @@ fn write(path: &Path, file: &StateFile) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::budget::Calendar;
+
+    /// One relay process's store on `path` (the real one is a process-wide static).
+    fn process(path: &Path) -> Inner {
+        Inner {
+            path: Some(path.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn client(process: &mut Inner, name: &str) -> Arc<Budget> {
+        let budget = Arc::new(Budget::default());
+        process.budgets.insert(name.into(), budget.clone());
+        budget
+    }
+
+    fn saved(path: &Path, name: &str) -> u64 {
+        read(path).unwrap().clients[name].get(Period::Day).1
+    }
+
+    #[test]
+    fn processes_sharing_a_file_add_up_and_restore_it_without_counting_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let now = Calendar::at(1_796_068_443);
+        let (mut a, mut b) = (process(&path), process(&path));
+        let (in_a, in_b) = (client(&mut a, "alice"), client(&mut b, "alice"));
+        let bob = client(&mut a, "bob");
+        let day = |budget: &Budget| budget.used(Period::Day, &now);
+
+        in_a.add(100, &now);
+        bob.add(7, &now);
+        sync(&mut a).unwrap();
+        in_b.add(50, &now);
+        sync(&mut b).unwrap();
+        sync(&mut a).unwrap();
+        assert_eq!(
+            (day(&in_a), day(&in_b), saved(&path, "alice")),
+            (150, 150, 150)
+        );
+
+        // Deleted: the first to save writes what it knows, the other adds nothing twice.
+        std::fs::remove_file(&path).unwrap();
+        sync(&mut b).unwrap();
+        sync(&mut a).unwrap();
+        assert_eq!((saved(&path, "alice"), saved(&path, "bob")), (150, 7));
+        // B never ran bob: it restores him from what it read.
+        std::fs::remove_file(&path).unwrap();
+        sync(&mut b).unwrap();
+        assert_eq!(saved(&path, "bob"), 7);
+
+        // Deleted with usage not saved yet on both sides.
+        in_a.add(10, &now);
+        in_b.add(5, &now);
+        std::fs::remove_file(&path).unwrap();
+        sync(&mut a).unwrap();
+        assert_eq!(saved(&path, "alice"), 160);
+        sync(&mut b).unwrap();
+        sync(&mut a).unwrap();
+        assert_eq!(
+            (day(&in_a), day(&in_b), saved(&path, "alice")),
+            (165, 165, 165)
+        );
+
+        // Garbage: moved aside, written again, nothing lowered.
+        std::fs::write(&path, "{ not json").unwrap();
+        sync(&mut a).unwrap();
+        assert_eq!(saved(&path, "alice"), 165);
+        assert!(dir.path().join("budgets.json.unreadable").exists());
+        // A valid file that says less (an old copy put back): raised again.
+        let mut old = read(&path).unwrap();
+        old.clients.get_mut("alice").unwrap().day_tokens = 3;
+        write(&path, &old).unwrap();
+        sync(&mut b).unwrap();
+        assert_eq!((day(&in_b), saved(&path, "alice")), (165, 165));
+
+        // An untouched file is not written again.
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        sync(&mut a).unwrap();
+        sync(&mut b).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before
+        );
+    }
 }

@@ -126,6 +126,9 @@ pub struct RequestCtx {
     pub adapter: Option<Box<dyn crate::providers::ResponseAdapter>>,
     pub replay_installed: bool,
     pub slot: Option<ConcurrencySlot>,
+    /// Its place among the requests not settled yet. Last, so it is dropped last: once it is
+    /// given back, every slot and share the request held is too.
+    pub unsettled: super::unsettled::Unsettled,
 }
 
 impl RequestCtx {
@@ -163,6 +166,7 @@ impl RequestCtx {
             usage: UsageTracker::Off,
             replay_installed: false,
             slot: None,
+            unsettled: Default::default(),
         }
     }
 
@@ -213,7 +217,8 @@ impl RequestCtx {
         }
         let usage = self.usage.usage();
         if let (Some(budget), Some(u)) = (&client.budget, &usage) {
-            budget.add(u.total(), &crate::clients::budget::Calendar::now());
+            let tokens = u.budget_tokens(self.demand.max_tokens, self.body.len() as u64);
+            budget.add(tokens, &crate::clients::budget::Calendar::now());
         }
         if self.metrics_on() {
             let handles = client.metrics.get(client.name());

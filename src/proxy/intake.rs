@@ -104,7 +104,12 @@ pub fn authenticate(
 
 /// Endpoints the relay answers from its own state. The operator's (every client's name and
 /// budget, upstream URLs, key ids) only to the operator's credential or an `admin` client.
-pub fn local_endpoints(ctx: &RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
+/// They settle nothing: they leave the count of requests not settled yet before they read it
+/// (`/status`).
+pub fn local_endpoints(ctx: &mut RequestCtx, state: &RuntimeState, shared: &Shared) -> Step {
+    if !ctx.endpoint.is_proxied() {
+        ctx.unsettled.end();
+    }
     if let Some(path) = ctx.endpoint.operator_only() {
         if !ctx.operator {
             return ApiError::OperatorOnly { path }.into();

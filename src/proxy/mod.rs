@@ -35,6 +35,7 @@ mod local;
 mod replay;
 mod request;
 mod state;
+mod unsettled;
 
 use std::time::Duration;
 
@@ -52,6 +53,7 @@ pub use errors::ApiError;
 pub use local::Endpoint;
 pub use request::RequestFacts;
 pub use state::{shared, ProviderRuntime, RuntimeState, Shared, SharedState};
+pub use unsettled::count as unsettled_requests;
 
 use crate::admin::metrics::{local_outcome, Outcome, METRICS};
 use crate::admin::{access_log, activity};
@@ -410,6 +412,7 @@ impl ProxyHttp for Relay {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.unsettled = unsettled::Unsettled::begin();
         ctx.request_id = new_request_id();
         match self.intake(session, ctx).await? {
             Step::Continue => {

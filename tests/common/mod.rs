@@ -213,6 +213,36 @@ impl RelayProcess {
         None
     }
 
+    /// Wait until every request the relay began is settled: what it used charged to its key,
+    /// client quotas and budgets, its metrics counted and its access-log line written. That
+    /// happens in Pingora's logging phase, after the client has its response, so a test that
+    /// asserts on counts right after a response waits here first. `api_key`: the relay's
+    /// credential when `/status` needs one.
+    pub async fn wait_settled(&self, api_key: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut req = client().get(self.url("/status"));
+            if let Some(key) = api_key {
+                req = req.header("x-api-key", key);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "/status for wait_settled");
+            let status: serde_json::Value = resp.json().await.unwrap();
+            let unsettled = status["requests_unsettled"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no requests_unsettled in /status: {status}"));
+            if unsettled == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unsettled} requests still unsettled after 10 s; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn rewrite_config(&self, server_extra: &str, body: &str) {
         let yaml = format!(
             "{}{body}",

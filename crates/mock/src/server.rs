@@ -132,6 +132,9 @@ async fn conn_fault(shared: &Shared, conn: &ConnState) {
 /// Per-request knobs: config defaults, overridden by `x-mock-*` headers.
 struct Knobs {
     output_tokens: u64,
+    /// Input tokens reported instead of the body's estimate (`x-mock-input-tokens`): an
+    /// upstream whose figure is wrong. Its rate limits still charge the estimate.
+    input_tokens: Option<u64>,
     events: usize,
     interval: Duration,
     latency: Duration,
@@ -147,6 +150,7 @@ impl Knobs {
         let ms = |name| header_u64(h, name).map(Duration::from_millis);
         Knobs {
             output_tokens: header_u64(h, "x-mock-output-tokens").unwrap_or(cfg.output_tokens),
+            input_tokens: header_u64(h, "x-mock-input-tokens"),
             events: header_u64(h, "x-mock-events").map_or(cfg.stream_events, |n| n as usize),
             interval: ms("x-mock-event-interval-ms").unwrap_or(cfg.event_interval),
             latency: ms("x-mock-latency-ms").unwrap_or(cfg.latency),
@@ -471,7 +475,7 @@ fn messages(
     let reply = Reply {
         id: shared.next_message_id.fetch_add(1, Ordering::Relaxed),
         model_json: serde_json::to_string(model).unwrap_or_else(|_| "\"claude-mock\"".into()),
-        input_tokens: input,
+        input_tokens: knobs.input_tokens.unwrap_or(input),
         output_tokens: knobs.output_tokens,
         events: knobs.events,
         interval: knobs.interval,
