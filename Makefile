@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 CONFIG ?=
 
-.PHONY: all build run test lint fmt bench load demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
+.PHONY: all build run test lint fmt bench load soak demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
 
 all: build
 
@@ -102,6 +102,12 @@ bench: deps-build
 # Side-by-side load test: direct to the mock, through cc-relay, through nginx (see docs/BENCHMARKS.md).
 load: build
 	bash scripts/load.sh
+
+# Memory under constant load: the relay's and the bare Pingora proxy's RSS every 10 s, 30 min of
+# SSE then 30 min of JSON (docs/BENCHMARKS.md, "Soak").
+soak: build
+	SOAK_DURATION=1800 SCENARIO=sse bash scripts/soak.sh
+	SOAK_DURATION=1800 SCENARIO=json bash scripts/soak.sh
 
 # The relay in front of the mock upstream, with a two-key pool: try it with curl or Claude Code.
 demo: build
