@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 CONFIG ?=
 
-.PHONY: all build run test lint fmt bench load silent-clients demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
+.PHONY: all build run test lint fmt bench load silent-clients soak demo deps deps-build deps-test deps-fuzz fuzz fuzz-smoke clean
 
 all: build
 
@@ -108,6 +108,12 @@ load: build
 # idle HTTP/2 connections closed by the relay's deadlines while a normal client is served.
 silent-clients: build
 	bash scripts/silent_clients.sh
+
+# Memory under constant load: the relay's and the bare Pingora proxy's RSS every 10 s, 30 min of
+# SSE then 30 min of JSON (docs/BENCHMARKS.md, "Soak").
+soak: build
+	SOAK_DURATION=1800 SCENARIO=sse bash scripts/soak.sh
+	SOAK_DURATION=1800 SCENARIO=json bash scripts/soak.sh
 
 # The relay in front of the mock upstream, with a two-key pool: try it with curl or Claude Code.
 demo: build

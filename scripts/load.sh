@@ -13,6 +13,7 @@
 #   mem-sse     MEM_STREAMS (1000) concurrent long SSE streams: the relay's peak RSS (then the
 #               bare Pingora proxy's and nginx's); the relay and the bare proxy are restarted first
 #   soak        SOAK=1: SOAK_DURATION (60) s of sse-2k at 256 connections through the relay
+#               (its peak RSS; whether memory stays flat over a long run: scripts/soak.sh)
 #   relay-log   ACCESS_LOG=1: one more target, a second relay process with its access log on
 #               (JSON lines to a file), so the log's cost is read against the relay without it
 #               in the same run

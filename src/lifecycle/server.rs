@@ -71,6 +71,9 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
     }
 }
 
+/// Pingora timeouts longer than this (seconds) wait on tokio's timer: see `runtime_conf`.
+pub const FAST_TIMER_HORIZON_SECS: u64 = 60;
+
 /// How the relay runs Pingora, apart from its config: also the settings of the bare Pingora
 /// proxy the benchmarks compare it with (`examples/bare_pingora.rs`), so the two cannot drift.
 pub fn runtime_conf(threads: usize) -> ServerConf {
@@ -79,6 +82,18 @@ pub fn runtime_conf(threads: usize) -> ServerConf {
         // One single-threaded runtime per thread, each connection kept on the thread it was
         // given (like nginx workers): no work-stealing wake-ups between threads.
         work_stealing: false,
+        // Pingora's timeouts longer than a minute on tokio's timer (issue 26, defect 9). Each
+        // upstream read and write waits under the peer's read/write timeout
+        // (`server.timeout_ms`, 600 s by default) and each pooled upstream connection's idle
+        // wait under 90 s; up to this threshold (Pingora's default: 15 min) those are "fast"
+        // timers: one timer per 10 ms slot of expiry time in a per-thread map, kept until that
+        // time comes even when nothing waits on it any more. Under steady traffic every worker
+        // thread adds a slot every 10 ms per such timeout, so the relay's memory grew for ten
+        // minutes (~30 KB/s, ~20 MB before it would level off) where the bare Pingora proxy,
+        // with no long timeouts, stayed flat. A tokio timer goes with the future that waited.
+        // Timeouts up to a minute (a kept-alive client's wait: 60 s) stay on the cheaper fast
+        // timers, whose map then holds at most a minute of slots per thread.
+        fast_timeout_to_tokio_threshold_seconds: Some(FAST_TIMER_HORIZON_SECS),
         ..ServerConf::default()
     }
 }
