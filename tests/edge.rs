@@ -391,8 +391,11 @@ async fn a_megabyte_header_gets_431_as_it_arrives_finished_or_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
     use std::io::Write;
-    let (_mock, relay) =
-        relay_with("  max_body_bytes: 600000\n  max_buffered_body_bytes: 1000000\n").await;
+    let (_mock, relay) = relay_with(
+        "  max_body_bytes: 600000\n  max_buffered_body_bytes: 1000000\n  \
+             max_buffered_body_bytes_per_address: 1000000\n",
+    )
+    .await;
     // One client declares 600 KB and sends a little of it: that share is held.
     let mut holder = std::net::TcpStream::connect(relay.addr).unwrap();
     holder
@@ -425,6 +428,193 @@ async fn bodies_buffered_together_stay_within_max_buffered_body_bytes() {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let status = post_messages(&relay, &large, &[]).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that sends `head` (a declared body) and then a byte every 500 ms (each under the
+/// pause timeout) until an answer comes: when the answer came after it connected, and what.
+fn drip(addr: std::net::SocketAddr, head: &[u8], within: Duration) -> (Duration, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(head).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => return (started.elapsed(), String::new()),
+            Ok(n) => {
+                // The answer has begun: read the rest, send nothing more.
+                let at = started.elapsed();
+                let mut got = buf[..n].to_vec();
+                let (_, rest) = read_until_closed(&mut s, Duration::from_secs(2));
+                got.extend_from_slice(rest.as_bytes());
+                return (at, String::from_utf8_lossy(&got).into_owned());
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if s.write_all(b" ").is_err() {
+                    return (started.elapsed(), String::new());
+                }
+            }
+            Err(e) => return (started.elapsed(), format!("read error: {e}")),
+        }
+    }
+    (started.elapsed(), "still open".into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dripping_bodies_are_cut_below_min_body_rate_and_free_the_budget() {
+    // Two clients declaring 1 MB bodies hold the whole budget and drip a byte every 500 ms,
+    // under the 2 s pause timeout. Issue 26: they held it (everyone else 503) for as long as
+    // they dripped.
+    let (mock, relay) = relay_with(
+        "  client_body_timeout_ms: 2000\n  min_body_rate_bytes_per_s: 1000\n  \
+         max_body_bytes: 1000000\n  max_buffered_body_bytes: 2000000\n  \
+         max_buffered_body_bytes_per_address: 2000000\n",
+    )
+    .await;
+    // 250 bytes come with the header, so each falls behind 2.25 s in (plus 1 ms a byte): midway
+    // between two drips, and no byte arrives as the relay closes (that would reset the socket
+    // and lose the answer).
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-type: application/json\r\n\
+         content-length: 1000000\r\n\r\n{{\"model\":\"m\",\"padding\":\"{}",
+        "x".repeat(250 - 24)
+    );
+    let started = std::time::Instant::now();
+    let drippers: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, head) = (relay.addr, head.clone());
+            std::thread::spawn(move || drip(addr, head.as_bytes(), Duration::from_secs(8)))
+        })
+        .collect();
+    // While they hold it, the budget is full.
+    let mut status = get_json(&relay, "/status").await;
+    while status["buffered_body_bytes"]["held"] != 2_000_000 {
+        assert!(started.elapsed() < Duration::from_millis(1500), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = get_json(&relay, "/status").await;
+    }
+    assert_eq!(
+        post_messages(&relay, &message_body("m", false), &[])
+            .await
+            .status(),
+        503
+    );
+    // Normal requests are served again soon after the 2 s grace, while the drippers drip.
+    let served = loop {
+        let status = post_messages(&relay, &message_body("m", false), &[])
+            .await
+            .status();
+        if status == 200 {
+            break started.elapsed();
+        }
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the drippers held the budget past the grace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(served > Duration::from_millis(1900), "{served:?}");
+    for d in drippers {
+        let (at, answer) = d.join().unwrap();
+        // Cut when it fell behind (2 s + 254 bytes at 1000/s), not at its next byte.
+        assert!(
+            at > Duration::from_millis(2200) && at < Duration::from_millis(3500),
+            "{at:?}: {answer}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("\"invalid_request_error\"")
+                && answer.contains("server.min_body_rate_bytes_per_s (1000 bytes/s)"),
+            "{answer}"
+        );
+    }
+    let status = get_json(&relay, "/status").await;
+    assert_eq!(status["buffered_body_bytes"]["held"], 0, "{status}");
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_at_most_max_buffered_body_bytes_per_address() {
+    use std::io::Write;
+    // Behind a trusted proxy (the test itself), X-Forwarded-For names the client.
+    let (_mock, relay) = relay_with(
+        "  max_body_bytes: 300000\n  max_buffered_body_bytes: 2000000\n  \
+         max_buffered_body_bytes_per_address: 300000\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    // 10.0.0.1 declares a 300 KB body and sends a little of it (within the grace): its share.
+    let mut holder = std::net::TcpStream::connect(relay.addr).unwrap();
+    holder
+        .write_all(
+            b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\nx-forwarded-for: 10.0.0.1\r\n\
+              content-type: application/json\r\ncontent-length: 300000\r\n\r\n{\"model\":",
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut status = get_json(&relay, "/status").await;
+    while status["buffered_body_bytes"]["held"] != 300_000 {
+        assert!(started.elapsed() < Duration::from_secs(2), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = get_json(&relay, "/status").await;
+    }
+    assert_eq!(status["buffered_body_bytes"]["per_address_limit"], 300_000);
+    // Another body from 10.0.0.1: 503 naming the per-address limit, Retry-After 1.
+    let refused = post_messages(
+        &relay,
+        &message_body("m", false),
+        &[("x-forwarded-for", "10.0.0.1")],
+    )
+    .await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error_type(&body), "overloaded_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_buffered_body_bytes_per_address: 300000 bytes"),
+        "{body}"
+    );
+    // Another address, and the proxy's own, are served.
+    for from in ["10.0.0.2", "127.0.0.1"] {
+        let ok = post_messages(
+            &relay,
+            &message_body("m", false),
+            &[("x-forwarded-for", from)],
+        )
+        .await;
+        assert_eq!(ok.status(), 200, "from {from}");
+    }
+    // The holder goes: its address is served again.
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = post_messages(
+            &relay,
+            &message_body("m", false),
+            &[("x-forwarded-for", "10.0.0.1")],
+        )
+        .await
+        .status();
         if status == 200 {
             break;
         }

@@ -123,6 +123,7 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             "buffered_body_bytes": {
                 "held": crate::proxy::buffered_body_bytes(),
                 "limit": state.config.server.max_buffered_body_bytes,
+                "per_address_limit": state.config.server.max_buffered_body_bytes_per_address,
             },
             "reload": {
                 "attempts": shared.reload_attempts.load(Ordering::Relaxed),

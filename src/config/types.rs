@@ -171,6 +171,15 @@ pub struct ServerSettings {
     /// `server.max_buffered_body_bytes` (default 256 MiB): what all request bodies buffered at
     /// once may hold together; above it a request gets 503 `overloaded_error`.
     pub max_buffered_body_bytes: usize,
+    /// `server.max_buffered_body_bytes_per_address` (default the larger of
+    /// `max_buffered_body_bytes / 8` and `max_body_bytes`): what the bodies of one client
+    /// address (an IPv6 client: its /64) may hold together; above it a request gets 503
+    /// `overloaded_error`, so a few clients cannot hold the whole budget.
+    pub max_buffered_body_bytes_per_address: usize,
+    /// `server.min_body_rate_bytes_per_s` (default 1024, 0 = none): after the first
+    /// `client_body_timeout`, a request body must have arrived at this average rate, else 408
+    /// and the connection closes.
+    pub min_body_rate_bytes_per_s: u64,
     /// `server.max_header_bytes` (default 64 KiB): a larger request header gets 431.
     pub max_header_bytes: usize,
     /// `server.client_header_timeout_ms` (default 30 s): a request header must be complete

@@ -218,6 +218,18 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         }
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
+    let max_buffered_body_bytes_per_address = per_address(
+        raw.max_buffered_body_bytes_per_address,
+        max_body_bytes as usize,
+        max_buffered_body_bytes,
+        c,
+    );
+    let min_body_rate_bytes_per_s = non_negative(
+        raw.min_body_rate_bytes_per_s,
+        1024,
+        "server.min_body_rate_bytes_per_s",
+        c,
+    ) as u64;
     let max_header_bytes = match raw.max_header_bytes {
         None => 64 << 10,
         // Pingora refuses headers past 1 MiB while reading them.
@@ -265,6 +277,8 @@ fn server(raw: RawServer, c: &mut Ctx) -> ServerSettings {
         client_body_timeout,
         upstream_idle_timeout,
         max_buffered_body_bytes,
+        max_buffered_body_bytes_per_address,
+        min_body_rate_bytes_per_s,
         max_header_bytes,
         client_header_timeout: client_timeout(
             raw.client_header_timeout_ms,
@@ -361,6 +375,29 @@ fn weight(v: Option<f64>, default: f64, path: &str, c: &mut Ctx) -> f64 {
 /// break, control or non-ASCII character, which a pasted key may carry).
 fn header_safe(secret: &str) -> bool {
     secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `server.max_buffered_body_bytes_per_address`: between `max_body_bytes` (a body of the
+/// largest size allowed must fit) and `all` (more would mean nothing); by default an eighth of
+/// `all`, so at least eight addresses share it.
+fn per_address(v: Option<i64>, max_body_bytes: usize, all: usize, c: &mut Ctx) -> usize {
+    let default = (all / 8).max(max_body_bytes).min(all);
+    match v {
+        None => default,
+        Some(n) if usize::try_from(n).is_ok_and(|n| (max_body_bytes..=all).contains(&n)) => {
+            n as usize
+        }
+        Some(n) => {
+            c.error(
+                "server.max_buffered_body_bytes_per_address",
+                format!(
+                    "must be between server.max_body_bytes ({max_body_bytes}) and \
+                     server.max_buffered_body_bytes ({all}), got {n}"
+                ),
+            );
+            default
+        }
+    }
 }
 
 pub(super) fn non_negative(v: Option<i64>, default: i64, path: &str, c: &mut Ctx) -> i64 {

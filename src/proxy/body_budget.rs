@@ -1,43 +1,111 @@
-//! The memory all buffered request bodies may hold together (`server.max_buffered_body_bytes`).
-//! The relay buffers each body whole (to replay it on another key), so without a bound 40
-//! clients sending 32 MiB bodies at once pin more than a gigabyte. A request takes its share
-//! before reading (its declared length, or chunk by chunk when it declares none) and gives it
-//! back when it ends; one that would go over gets 503 `overloaded_error` at once. One atomic
-//! counter, no lock.
+//! The memory buffered request bodies may hold: all together (`server.max_buffered_body_bytes`)
+//! and those of one client address (`server.max_buffered_body_bytes_per_address`). The relay
+//! buffers each body whole (to replay it on another key), so without a bound 40 clients sending
+//! 32 MiB bodies at once pin more than a gigabyte, and without a share per address two clients
+//! declaring large bodies can hold the whole budget and have everyone else refused. A request
+//! takes its share before reading (its declared length, or chunk by chunk when it declares
+//! none) and gives it back when it ends; one that would go over gets 503 `overloaded_error` at
+//! once. Atomic counters, no lock.
 
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Bytes held by all requests' bodies now.
 static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many per-address counters there are. Addresses are hashed onto them; two addresses that
+/// land on one slot share its limit (conservative: never more than the limit per address, at
+/// worst less for the unlucky pair). 4,096 slots are 32 KiB.
+const SLOTS: usize = 4096;
+
+/// Bytes held by the bodies of the addresses hashed onto each slot.
+static BY_ADDRESS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
+/// Keyed per process, so a client cannot pick addresses that collide with another's slot.
+fn hasher() -> &'static RandomState {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new)
+}
+
+/// The slot of `ip`. An IPv6 client is its /64 (what one host or one subscriber is usually
+/// given), so it cannot spread its bodies over addresses of its own prefix.
+fn slot_of(ip: IpAddr) -> usize {
+    let key: u128 = match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) >> 64 | 1 << 127,
+    };
+    (hasher().hash_one(key) % SLOTS as u64) as usize
+}
 
 /// Bytes held by all buffered request bodies now.
 pub fn held() -> usize {
     HELD.load(Ordering::Relaxed)
 }
 
+/// What bodies may hold: all of them, and those of one address.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub all: usize,
+    pub per_address: usize,
+}
+
+/// Which limit refused a share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    All,
+    Address,
+}
+
 /// One request's share of the budget, given back on drop.
 #[derive(Debug, Default)]
 pub struct BodyBudget {
     held: usize,
+    /// The client address's slot; `None` (a Unix socket) counts only against the global cap.
+    slot: Option<usize>,
+}
+
+/// Add `more` to `counter` if it stays within `cap`.
+fn add_within(counter: &AtomicUsize, more: usize, cap: usize) -> bool {
+    let mut now = counter.load(Ordering::Relaxed);
+    loop {
+        let Some(after) = now.checked_add(more).filter(|&a| a <= cap) else {
+            return false;
+        };
+        match counter.compare_exchange_weak(now, after, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(current) => now = current,
+        }
+    }
 }
 
 impl BodyBudget {
-    /// Take `more` bytes if all bodies together stay within `cap`; `false` (nothing taken)
-    /// otherwise.
-    pub fn take(&mut self, more: usize, cap: usize) -> bool {
-        let mut now = HELD.load(Ordering::Relaxed);
-        loop {
-            let Some(after) = now.checked_add(more).filter(|&a| a <= cap) else {
-                return false;
-            };
-            match HELD.compare_exchange_weak(now, after, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => {
-                    self.held += more;
-                    return true;
-                }
-                Err(current) => now = current,
+    /// An empty share for a request from `ip`.
+    pub fn new(ip: Option<IpAddr>) -> BodyBudget {
+        BodyBudget {
+            held: 0,
+            slot: ip.map(slot_of),
+        }
+    }
+
+    /// Take `more` bytes if the address's bodies and all bodies together stay within `caps`;
+    /// otherwise nothing is taken and the limit that refused is said.
+    pub fn take(&mut self, more: usize, caps: Caps) -> Result<(), Refused> {
+        let slot = self.slot.map(|i| &BY_ADDRESS[i]);
+        if let Some(slot) = slot {
+            if !add_within(slot, more, caps.per_address) {
+                return Err(Refused::Address);
             }
         }
+        if !add_within(&HELD, more, caps.all) {
+            if let Some(slot) = slot {
+                slot.fetch_sub(more, Ordering::AcqRel);
+            }
+            return Err(Refused::All);
+        }
+        self.held += more;
+        Ok(())
     }
 
     /// What this request holds.
@@ -49,6 +117,9 @@ impl BodyBudget {
 impl Drop for BodyBudget {
     fn drop(&mut self) {
         if self.held > 0 {
+            if let Some(i) = self.slot {
+                BY_ADDRESS[i].fetch_sub(self.held, Ordering::AcqRel);
+            }
             HELD.fetch_sub(self.held, Ordering::AcqRel);
         }
     }
@@ -58,21 +129,70 @@ impl Drop for BodyBudget {
 mod tests {
     use super::*;
 
+    fn addr(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    // One test touches the process-wide counters, so the others in this binary cannot race it.
     #[test]
-    fn shares_are_taken_within_the_cap_and_given_back() {
-        // Other tests in this binary do not buffer bodies; measure relative to now anyway.
+    fn shares_are_taken_within_both_caps_and_given_back() {
+        // Measure relative to now anyway.
         let base = held();
-        let cap = base + 100;
+        let caps = Caps {
+            all: base + 100,
+            per_address: 100,
+        };
         let mut a = BodyBudget::default();
         let mut b = BodyBudget::default();
-        assert!(a.take(60, cap));
-        assert!(!b.take(50, cap));
+        assert_eq!(a.take(60, caps), Ok(()));
+        assert_eq!(b.take(50, caps), Err(Refused::All));
         assert_eq!(b.bytes(), 0);
-        assert!(b.take(40, cap));
-        assert!(!a.take(1, cap));
+        assert_eq!(b.take(40, caps), Ok(()));
+        assert_eq!(a.take(1, caps), Err(Refused::All));
         drop(a);
         assert_eq!(held(), base + 40);
         drop(b);
         assert_eq!(held(), base);
+
+        // One address holds at most its share; another address still gets the rest.
+        let caps = Caps {
+            all: base + 100,
+            per_address: 60,
+        };
+        let (one, other) = distinct_slots();
+        let mut a = BodyBudget::new(one);
+        let mut a2 = BodyBudget::new(one);
+        let mut b = BodyBudget::new(other);
+        assert_eq!(a.take(50, caps), Ok(()));
+        assert_eq!(a2.take(11, caps), Err(Refused::Address));
+        assert_eq!(a2.take(10, caps), Ok(()));
+        assert_eq!(b.take(41, caps), Err(Refused::All));
+        // Refused by the global cap: the address's slot got its bytes back.
+        assert_eq!(BY_ADDRESS[b.slot.unwrap()].load(Ordering::Relaxed), 0);
+        assert_eq!(b.take(40, caps), Ok(()));
+        drop(a);
+        assert_eq!(a2.take(50, caps), Err(Refused::All));
+        assert_eq!(BY_ADDRESS[a2.slot.unwrap()].load(Ordering::Relaxed), 10);
+        drop((a2, b));
+        assert_eq!(held(), base);
+        assert_eq!(BY_ADDRESS[slot_of(one.unwrap())].load(Ordering::Relaxed), 0);
+    }
+
+    /// Two addresses on different slots (the hash is keyed per process).
+    fn distinct_slots() -> (Option<IpAddr>, Option<IpAddr>) {
+        let one = addr("192.0.2.1");
+        let other = (2..=255)
+            .map(|i| addr(&format!("192.0.2.{i}")))
+            .find(|o| slot_of(o.unwrap()) != slot_of(one.unwrap()))
+            .unwrap();
+        (one, other)
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_address() {
+        let a = slot_of("2001:db8:1:2::1".parse().unwrap());
+        assert_eq!(a, slot_of("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let v4 = slot_of("10.0.0.1".parse().unwrap());
+        assert_eq!(v4, slot_of("10.0.0.1".parse().unwrap()));
     }
 }

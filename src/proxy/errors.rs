@@ -93,6 +93,21 @@ pub enum ApiError {
          1 s"
     )]
     BodiesFull { limit: usize },
+    #[error(
+        "the request body arrives too slowly: {received} bytes in {elapsed_ms} ms, below \
+         server.min_body_rate_bytes_per_s ({rate} bytes/s) after the first {grace_ms} ms"
+    )]
+    BodyTooSlow {
+        received: usize,
+        elapsed_ms: u128,
+        rate: u64,
+        grace_ms: u128,
+    },
+    #[error(
+        "the relay holds as many request bodies from your address as it may \
+         (server.max_buffered_body_bytes_per_address: {limit} bytes together); retry after 1 s"
+    )]
+    AddressBodiesFull { limit: usize },
     #[error("the request header is larger than the relay's limit of {limit} bytes")]
     HeaderTooLarge { limit: usize },
     #[error(
@@ -166,7 +181,7 @@ impl ApiError {
                 400
             }
             ApiError::BodyTooLarge { .. } => 413,
-            ApiError::ClientTimeout { .. } => 408,
+            ApiError::ClientTimeout { .. } | ApiError::BodyTooSlow { .. } => 408,
             ApiError::HeaderTooLarge { .. } => 431,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -179,6 +194,7 @@ impl ApiError {
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
             | ApiError::BodiesFull { .. }
+            | ApiError::AddressBodiesFull { .. }
             | ApiError::CircuitsOpen { .. } => 503,
             ApiError::UpstreamUnreachable { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -194,6 +210,7 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::MalformedBody(_)
             | ApiError::ClientTimeout { .. }
+            | ApiError::BodyTooSlow { .. }
             | ApiError::HeaderTooLarge { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::BodyTooLarge { .. } => "request_too_large",
@@ -205,7 +222,8 @@ impl ApiError {
             ApiError::ClientForbidden(_) | ApiError::OperatorOnly { .. } => "permission_error",
             ApiError::Overloaded { .. }
             | ApiError::CircuitsOpen { .. }
-            | ApiError::BodiesFull { .. } => "overloaded_error",
+            | ApiError::BodiesFull { .. }
+            | ApiError::AddressBodiesFull { .. } => "overloaded_error",
             ApiError::UpstreamUnreachable { .. }
             | ApiError::PoolDisabled { .. }
             | ApiError::NoProvider
@@ -229,7 +247,9 @@ impl ApiError {
             // The current window and the next: by then the last one no longer counts.
             ApiError::AuthThrottled => Some(Duration::from_secs(2)),
             // Bodies in flight finish within seconds; the share frees up as they do.
-            ApiError::BodiesFull { .. } => Some(Duration::from_secs(1)),
+            ApiError::BodiesFull { .. } | ApiError::AddressBodiesFull { .. } => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -303,7 +323,7 @@ const LINGER: Duration = Duration::from_secs(2);
 pub async fn linger(session: &mut Session, err: &ApiError) {
     if matches!(
         err,
-        ApiError::MalformedBody(_) | ApiError::ClientTimeout { .. }
+        ApiError::MalformedBody(_) | ApiError::ClientTimeout { .. } | ApiError::BodyTooSlow { .. }
     ) || session.is_body_done()
     {
         return;

@@ -14,6 +14,8 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
 use super::auth;
+use super::body_budget::{BodyBudget, Caps, Refused};
+use super::body_rate::MinRate;
 use super::ctx::{ConcurrencySlot, RequestCtx};
 use super::errors::{whole_seconds, ApiError};
 use super::local::Endpoint;
@@ -241,8 +243,17 @@ pub async fn read_and_parse_body(
     let limits = BodyLimits {
         size: server.max_body_bytes,
         pause: server.client_body_timeout,
-        all_bodies: server.max_buffered_body_bytes,
+        rate: MinRate {
+            grace: server.client_body_timeout,
+            bytes_per_s: server.min_body_rate_bytes_per_s,
+        },
+        caps: Caps {
+            all: server.max_buffered_body_bytes,
+            per_address: server.max_buffered_body_bytes_per_address,
+        },
     };
+    // Nothing is held yet: the share is made for the client's address.
+    ctx.body_budget = BodyBudget::new(ctx.client_addr.map(|a| a.ip));
     let body = match read_body(session, &limits, &mut ctx.body_budget).await? {
         Ok(b) => b,
         Err(e) => return Ok(e.into()),
@@ -493,12 +504,13 @@ pub fn header_size(session: &Session, state: &RuntimeState) -> Step {
     Step::Continue
 }
 
-/// What bounds one request body: its size, the pause between two reads, and what all bodies
-/// buffered together may hold.
+/// What bounds one request body: its size, the pause between two reads, the rate it must
+/// arrive at, and what all bodies (and those of one address) buffered together may hold.
 struct BodyLimits {
     size: usize,
     pause: Duration,
-    all_bodies: usize,
+    rate: MinRate,
+    caps: Caps,
 }
 
 /// Read the whole request body, refusing it past `limits.size` bytes. A body that arrives in one read
@@ -506,11 +518,16 @@ struct BodyLimits {
 async fn read_body(
     session: &mut Session,
     limits: &BodyLimits,
-    budget: &mut super::body_budget::BodyBudget,
+    budget: &mut BodyBudget,
 ) -> pingora::Result<Result<Bytes, ApiError>> {
     let (limit, pause) = (limits.size, limits.pause);
-    let full = || ApiError::BodiesFull {
-        limit: limits.all_bodies,
+    let full = |refused| match refused {
+        Refused::All => ApiError::BodiesFull {
+            limit: limits.caps.all,
+        },
+        Refused::Address => ApiError::AddressBodiesFull {
+            limit: limits.caps.per_address,
+        },
     };
     let declared = session
         .req_header()
@@ -524,8 +541,8 @@ async fn read_body(
     // A declared length is taken from the budget before a byte is read (refused at once);
     // without one, each chunk as it arrives.
     if let Some(n) = declared {
-        if !budget.take(n, limits.all_bodies) {
-            return Ok(Err(full()));
+        if let Err(refused) = budget.take(n, limits.caps) {
+            return Ok(Err(full(refused)));
         }
     }
     // The relay reads the body before anything goes upstream, so it answers the client's
@@ -542,13 +559,24 @@ async fn read_body(
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
+    let started = tokio::time::Instant::now();
     loop {
-        let read = tokio::time::timeout(pause, session.read_request_body()).await;
+        let (wait, by_rate) = limits.rate.next_wait(pause, started.elapsed(), total);
+        let read = tokio::time::timeout(wait, session.read_request_body()).await;
         let Ok(read) = read else {
-            // A client that stops sending its body holds a connection and a buffer: 408, and
-            // the connection closes (the body is unfinished).
-            return Ok(Err(ApiError::ClientTimeout {
-                waited_ms: pause.as_millis(),
+            // A client that stops sending its body, or sends it too slowly, holds a connection
+            // and a buffer: 408, and the connection closes (the body is unfinished).
+            return Ok(Err(if by_rate {
+                ApiError::BodyTooSlow {
+                    received: total,
+                    elapsed_ms: started.elapsed().as_millis(),
+                    rate: limits.rate.bytes_per_s,
+                    grace_ms: limits.rate.grace.as_millis(),
+                }
+            } else {
+                ApiError::ClientTimeout {
+                    waited_ms: pause.as_millis(),
+                }
             }));
         };
         let chunk = match read {
@@ -567,8 +595,10 @@ async fn read_body(
         if total > limit {
             return Ok(Err(ApiError::BodyTooLarge { limit }));
         }
-        if declared.is_none() && !budget.take(chunk.len(), limits.all_bodies) {
-            return Ok(Err(full()));
+        if declared.is_none() {
+            if let Err(refused) = budget.take(chunk.len(), limits.caps) {
+                return Ok(Err(full(refused)));
+            }
         }
         match (&mut first, &mut rest) {
             (None, _) => first = Some(chunk),

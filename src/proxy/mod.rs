@@ -27,6 +27,7 @@
 mod attempt;
 mod auth;
 mod body_budget;
+mod body_rate;
 mod ctx;
 mod errors;
 mod intake;
