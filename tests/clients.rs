@@ -352,6 +352,23 @@ async fn a_budget_is_charged_no_more_than_the_request_could_have_used() {
     wait_saved(&state_file, &[("hal", third)], &relay).await;
 }
 
+/// Bob's next request adds to his count, in memory and in the file, and alice keeps hers: his
+/// count after it.
+async fn bob_adds(
+    relay: &RelayProcess,
+    state_file: &std::path::Path,
+    alice_used: u64,
+    bob_used: u64,
+) -> u64 {
+    assert_eq!(send(relay, &[("x-api-key", "bob-key")]).await.0, 200);
+    relay.wait_settled(Some("bob-key")).await;
+    let after = day_used(relay, "bob-key", 1).await;
+    assert!(after > bob_used, "{after} after {bob_used}");
+    wait_saved(state_file, &[("alice", alice_used), ("bob", after)], relay).await;
+    assert_eq!(day_used(relay, "bob-key", 0).await, alice_used);
+    after
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_state_file_replaced_or_deleted_under_the_relay_loses_no_count() {
     let mock = start_mock().await;
@@ -391,18 +408,7 @@ async fn a_state_file_replaced_or_deleted_under_the_relay_loses_no_count() {
     let garbage = state_dir.path().join("garbage");
     std::fs::write(&garbage, "not a state file {").unwrap();
     std::fs::rename(&garbage, &state_file).unwrap();
-    assert_eq!(send(&relay, &bob).await.0, 200);
-    relay.wait_settled(Some("bob-key")).await;
-    let bob_after = day_used(&relay, "bob-key", 1).await;
-    assert!(bob_after > bob_used, "{bob_after} after {bob_used}");
-    bob_used = bob_after;
-    wait_saved(
-        &state_file,
-        &[("alice", alice_used), ("bob", bob_used)],
-        &relay,
-    )
-    .await;
-    assert_eq!(day_used(&relay, "bob-key", 0).await, alice_used);
+    bob_used = bob_adds(&relay, &state_file, alice_used, bob_used).await;
     assert_eq!(send(&relay, &alice).await.0, 429);
     let aside = std::fs::read_to_string(state_dir.path().join("budgets.json.unreadable"));
     assert_eq!(aside.unwrap(), "not a state file {");
@@ -417,18 +423,7 @@ async fn a_state_file_replaced_or_deleted_under_the_relay_loses_no_count() {
     )
     .await;
     std::fs::remove_file(&state_file).unwrap();
-    assert_eq!(send(&relay, &bob).await.0, 200);
-    relay.wait_settled(Some("bob-key")).await;
-    let bob_after = day_used(&relay, "bob-key", 1).await;
-    assert!(bob_after > bob_used, "{bob_after} after {bob_used}");
-    bob_used = bob_after;
-    wait_saved(
-        &state_file,
-        &[("alice", alice_used), ("bob", bob_used)],
-        &relay,
-    )
-    .await;
-    assert_eq!(day_used(&relay, "bob-key", 1).await, bob_used);
+    bob_used = bob_adds(&relay, &state_file, alice_used, bob_used).await;
     assert_eq!(
         relay.logs().matches("is not a state file").count(),
         1,
