@@ -641,7 +641,11 @@ async fn a_relay_joining_costs_the_pool_nothing() {
     let mut relays = start_relays(&body, 2);
     wait_shared(&relays, 2).await;
     // The third joins; the burst starts as soon as it shares the key.
-    relays.push(RelayProcess::start_with_log("", &body, "warn,cc_relay=info"));
+    relays.push(RelayProcess::start_with_log(
+        "",
+        &body,
+        "warn,cc_relay=info",
+    ));
     let deadline = Instant::now() + Duration::from_secs(15);
     while get_json(&relays[2], "/status").await["shared_state"]["breaker"] != "closed" {
         assert!(Instant::now() < deadline, "the third relay did not join");
@@ -674,21 +678,36 @@ async fn a_relay_joining_costs_the_pool_nothing() {
 async fn tmp_issue_scenario() {
     const LIMIT: u64 = 6;
     let redis = RedisServer::start();
-    let mock = start_mock(KeyLimits { rpm: LIMIT, ..Default::default() }, Duration::ZERO, Duration::ZERO).await;
-    let body = format!(
+    let mock = start_mock(
+        KeyLimits {
+            rpm: LIMIT,
+            ..Default::default()
+        },
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    let body =
+        format!(
         "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
          - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
          shared_state:\n  redis_url: \"{}\"\n  namespace: test\n",
         mock.base_url(), SECRETS[0], redis.url()
     );
     let relays = start_relays(&body, 3);
-    if std::env::var("NOWAIT").is_err() { wait_shared(&relays, 3).await; }
-    if std::env::var("SLEEP").is_ok() { tokio::time::sleep(Duration::from_secs(2)).await; }
+    if std::env::var("NOWAIT").is_err() {
+        wait_shared(&relays, 3).await;
+    }
+    if std::env::var("SLEEP").is_ok() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     eprintln!("before: {:?}", redis.keys("test:*"));
     let request = message_body("claude-sonnet-4-5", false);
     let mut ok = 0;
     for i in 0..18 {
-        if post_messages(&relays[i % 3], &request, &[]).await.status() == 200 { ok += 1; }
+        if post_messages(&relays[i % 3], &request, &[]).await.status() == 200 {
+            ok += 1;
+        }
     }
     eprintln!("ok {ok} upstream {}", mock.request_count());
 }
