@@ -168,7 +168,10 @@ impl Store {
         if self.started.load(Relaxed) {
             return;
         }
-        if tokio::time::timeout(self.join_wait(), notified).await.is_err() {
+        if tokio::time::timeout(self.join_wait(), notified)
+            .await
+            .is_err()
+        {
             log::debug!(
                 "shared_state: no verdict from the store within {:?}; admitting at the local share",
                 self.join_wait()

@@ -214,9 +214,7 @@ async fn reseed(
     let others = u64::from(relays.max(1) - 1);
     let lag_us = match seed {
         Seed::Join => 0,
-        Seed::LateJoin | Seed::AfterOutage => {
-            HEARTBEAT.as_micros() as u64 * others / (others + 1)
-        }
+        Seed::LateJoin | Seed::AfterOutage => HEARTBEAT.as_micros() as u64 * others / (others + 1),
     };
     let mut keys = 0;
     for provider in &state.providers {
