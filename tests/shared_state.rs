@@ -601,6 +601,7 @@ async fn a_reload_adds_a_key_to_the_shared_pool() {
     assert_eq!(hashes.len(), 3, "{hashes:?}");
     assert!(hashes.iter().all(|h| !h.contains("sk-")));
     // The store's state is observable, and its URL is not shown anywhere.
+    relay.wait_settled(None).await;
     let metrics = get_text(&relay, "/metrics").await;
     for line in [
         "cc_relay_shared_connected 1",
