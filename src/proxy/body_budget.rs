@@ -58,13 +58,15 @@ pub enum Refused {
     Address,
 }
 
-/// One request's share of the budget, given back on drop.
+/// One request's share of the budget, given back on drop: the bytes held in the low 48 bits,
+/// the client address's slot + 1 in the high 16 (0: no address, a Unix socket, which counts
+/// only against the global cap). One word, so the request context does not grow.
 #[derive(Debug, Default)]
 pub struct BodyBudget {
-    held: usize,
-    /// The client address's slot; `None` (a Unix socket) counts only against the global cap.
-    slot: Option<usize>,
+    packed: u64,
 }
+
+const HELD_MASK: u64 = (1 << 48) - 1;
 
 /// Add `more` to `counter` if it stays within `cap`.
 fn add_within(counter: &AtomicUsize, more: usize, cap: usize) -> bool {
@@ -84,15 +86,26 @@ impl BodyBudget {
     /// An empty share for a request from `ip`.
     pub fn new(ip: Option<IpAddr>) -> BodyBudget {
         BodyBudget {
-            held: 0,
-            slot: ip.map(slot_of),
+            packed: ip.map_or(0, |ip| (slot_of(ip) as u64 + 1) << 48),
+        }
+    }
+
+    /// The client address's slot.
+    fn slot(&self) -> Option<usize> {
+        match self.packed >> 48 {
+            0 => None,
+            s => Some(s as usize - 1),
         }
     }
 
     /// Take `more` bytes if the address's bodies and all bodies together stay within `caps`;
     /// otherwise nothing is taken and the limit that refused is said.
     pub fn take(&mut self, more: usize, caps: Caps) -> Result<(), Refused> {
-        let slot = self.slot.map(|i| &BY_ADDRESS[i]);
+        // 256 TiB: never reached by a real cap, refused rather than overflowing the packing.
+        if (self.bytes() as u64).saturating_add(more as u64) > HELD_MASK {
+            return Err(Refused::All);
+        }
+        let slot = self.slot().map(|i| &BY_ADDRESS[i]);
         if let Some(slot) = slot {
             if !add_within(slot, more, caps.per_address) {
                 return Err(Refused::Address);
@@ -104,23 +117,24 @@ impl BodyBudget {
             }
             return Err(Refused::All);
         }
-        self.held += more;
+        self.packed += more as u64;
         Ok(())
     }
 
     /// What this request holds.
     pub fn bytes(&self) -> usize {
-        self.held
+        (self.packed & HELD_MASK) as usize
     }
 }
 
 impl Drop for BodyBudget {
     fn drop(&mut self) {
-        if self.held > 0 {
-            if let Some(i) = self.slot {
-                BY_ADDRESS[i].fetch_sub(self.held, Ordering::AcqRel);
+        let held = self.bytes();
+        if held > 0 {
+            if let Some(i) = self.slot() {
+                BY_ADDRESS[i].fetch_sub(held, Ordering::AcqRel);
             }
-            HELD.fetch_sub(self.held, Ordering::AcqRel);
+            HELD.fetch_sub(held, Ordering::AcqRel);
         }
     }
 }
@@ -168,11 +182,14 @@ mod tests {
         assert_eq!(a2.take(10, caps), Ok(()));
         assert_eq!(b.take(41, caps), Err(Refused::All));
         // Refused by the global cap: the address's slot got its bytes back.
-        assert_eq!(BY_ADDRESS[b.slot.unwrap()].load(Ordering::Relaxed), 0);
+        assert_eq!(BY_ADDRESS[b.slot().unwrap()].load(Ordering::Relaxed), 0);
         assert_eq!(b.take(40, caps), Ok(()));
+        // a goes: its address's share comes back.
         drop(a);
-        assert_eq!(a2.take(50, caps), Err(Refused::All));
-        assert_eq!(BY_ADDRESS[a2.slot.unwrap()].load(Ordering::Relaxed), 10);
+        assert_eq!(a2.take(51, caps), Err(Refused::Address));
+        assert_eq!(a2.take(50, caps), Ok(()));
+        assert_eq!(a2.bytes(), 60);
+        assert_eq!(held(), base + 100);
         drop((a2, b));
         assert_eq!(held(), base);
         assert_eq!(BY_ADDRESS[slot_of(one.unwrap())].load(Ordering::Relaxed), 0);
