@@ -153,7 +153,7 @@ async fn a_spent_budget_says_when_it_resets_and_survives_a_reload_and_a_restart(
     // Under the budget when it starts; the response's usage (input + 12 output) spends it,
     // once the relay has settled it (after the client has its response).
     assert_eq!(send(&relay, &carol).await.0, 200);
-    relay.wait_settled(Some("carol-key")).await;
+    relay.wait_settled(Some("dan-key")).await;
     let refused = |(status, body, retry_after): (u16, serde_json::Value, String)| {
         assert_eq!(status, 429, "{body}");
         assert_eq!(error_type(&body), "rate_limit_error");
@@ -306,7 +306,7 @@ async fn a_budget_is_charged_no_more_than_the_request_could_have_used() {
     let server = format!("  state_file: \"{}\"\n", state_file.display());
     let config = format!(
         "{}clients:\n  - name: hal\n    key: hal-key\n    daily_token_budget: 100000\n    \
-         monthly_token_budget: 1000000\n",
+         monthly_token_budget: 1000000\n    admin: true\n",
         pool_config(&mock, &[("k1", "sk-1", "")], "")
     );
     let relay = RelayProcess::start(&server, &config);
@@ -377,7 +377,7 @@ async fn a_state_file_replaced_or_deleted_under_the_relay_loses_no_count() {
     let server = format!("  state_file: \"{}\"\n", state_file.display());
     let config = format!(
         "{}clients:\n  - name: alice\n    key: alice-key\n    daily_token_budget: 100\n  \
-         - name: bob\n    key: bob-key\n    daily_token_budget: 1000000\n",
+         - name: bob\n    key: bob-key\n    daily_token_budget: 1000000\n    admin: true\n",
         pool_config(&mock, &[("k1", "sk-1", "")], "")
     );
     let mut relay = RelayProcess::start(&server, &config);

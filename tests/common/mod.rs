@@ -165,6 +165,14 @@ impl RelayProcess {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(self.addr).is_ok() {
+                // The relay writes its pid file just after it starts listening; the reload and
+                // upgrade commands read it. Under load that comes a moment later: wait for it
+                // (briefly: a config may put it elsewhere).
+                let pid_file = self.dir.path().join("relay.pid");
+                let until = Instant::now() + Duration::from_secs(5);
+                while !pid_file.exists() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 return true;
             }
             if self.child.try_wait().unwrap().is_some() {
