@@ -244,28 +244,13 @@ impl PriorKnowledge for reqwest::ClientBuilder {
     }
 }
 
-/// Read from `stream` until it closes or `within` passes: whether it closed, and what came.
+/// [`common::read_until_closed`] on a TCP stream, with what came as text.
 fn read_until_closed(stream: &mut std::net::TcpStream, within: Duration) -> (bool, String) {
-    use std::io::Read;
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let deadline = std::time::Instant::now() + within;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while std::time::Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (true, String::from_utf8_lossy(&got).into_owned()),
-        }
-    }
-    (false, String::from_utf8_lossy(&got).into_owned())
+    let (closed, got) = common::read_until_closed(stream, within);
+    (closed, String::from_utf8_lossy(&got).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread")]

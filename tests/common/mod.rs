@@ -495,3 +495,24 @@ impl TestCa {
         (d.join(cert), d.join(key))
     }
 }
+
+/// Read from `stream` until it closes or `within` passes: whether it closed, and what came.
+/// (`stream` needs a short read timeout of its own so the deadline is checked.)
+pub fn read_until_closed<S: std::io::Read>(stream: &mut S, within: Duration) -> (bool, Vec<u8>) {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (true, got),
+        }
+    }
+    (false, got)
+}
