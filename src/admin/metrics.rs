@@ -596,14 +596,14 @@ fn connection_families() -> Vec<MetricFamily> {
          caps them).",
     )
     .expect("valid metric");
-    open.set(crate::lifecycle::open_connections() as i64);
+    open.set(crate::telemetry::connections::CLIENT.open() as i64);
     let failed = IntCounter::new(
         "cc_relay_tls_handshake_failures_total",
         "TLS handshakes on the client listener that failed or did not finish within \
          server.client_header_timeout_ms.",
     )
     .expect("valid metric");
-    failed.inc_by(crate::lifecycle::tls_handshake_failures());
+    failed.inc_by(crate::telemetry::connections::CLIENT.handshake_failures());
     let mut families = open.collect();
     families.extend(failed.collect());
     families

@@ -115,8 +115,8 @@ pub fn status_body(state: &RuntimeState, shared: &Shared) -> Bytes {
             "config_generation": state.generation,
             "routing": {"strategy": state.config.routing.strategy.as_str()},
             "client_connections": {
-                "open": crate::lifecycle::open_connections(),
-                "tls_handshake_failures": crate::lifecycle::tls_handshake_failures(),
+                "open": crate::telemetry::connections::CLIENT.open(),
+                "tls_handshake_failures": crate::telemetry::connections::CLIENT.handshake_failures(),
                 "limit": state.config.server.max_connections,
             },
             "requests_unsettled": crate::proxy::unsettled_requests(),

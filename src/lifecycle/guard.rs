@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,49 +33,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::SharedState;
-use crate::telemetry::Repeated;
+use crate::telemetry::Connections;
 
-/// One listener's connections.
-#[derive(Debug)]
-pub struct Connections {
-    /// Open now (a TLS connection from its first byte, before its handshake).
-    open: AtomicUsize,
-    /// TLS handshakes that failed or did not finish in time.
-    handshake_failures: AtomicU64,
-    handshake_log: Repeated,
-}
-
-impl Connections {
-    const fn new() -> Connections {
-        Connections {
-            open: AtomicUsize::new(0),
-            handshake_failures: AtomicU64::new(0),
-            handshake_log: Repeated::new(Duration::from_secs(60)),
-        }
-    }
-}
-
-/// The client listener's connections (`/status`, metrics). The admin and metrics listeners
-/// count theirs apart, so a flood on one cannot lock the operator out of the other.
-pub static CLIENT: Connections = Connections::new();
-pub static ADMIN: Connections = Connections::new();
-pub static METRICS: Connections = Connections::new();
-
-/// Client connections open now (for `/status`).
-pub fn open_connections() -> usize {
-    CLIENT.open.load(Ordering::Relaxed)
-}
-
-/// TLS handshakes on the client listener that failed or ran out of time.
-pub fn tls_handshake_failures() -> u64 {
-    CLIENT.handshake_failures.load(Ordering::Relaxed)
-}
-
+/// Holds a listener's place for one open connection.
 struct Open(&'static Connections);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed();
     }
 }
 
@@ -120,7 +85,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 server.max_header_bytes,
             )
         };
-        let open = self.connections.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let open = self.connections.opened();
         let _open = Open(self.connections);
         if max > 0 && open > max {
             log::debug!("client connection refused: {max} open (server.max_connections)");
@@ -181,11 +146,7 @@ impl<A> Guarded<A> {
                 }
             }
         };
-        let connections = self.connections;
-        connections
-            .handshake_failures
-            .fetch_add(1, Ordering::Relaxed);
-        connections.handshake_log.occurred(|left_out| {
+        self.connections.handshake_failed(|left_out| {
             let more = if left_out > 0 {
                 format!(" ({left_out} more failed since the last such line)")
             } else {

@@ -45,7 +45,6 @@ use crate::proxy::{shared, Relay, RuntimeState};
 
 pub use claude_code::{settings_path as claude_code_settings_path, ClaudeCodeSetup};
 pub use client::{send_reload, send_upgrade};
-pub use guard::{open_connections, tls_handshake_failures};
 pub use logging::{init_logging, open_log_file};
 pub use reload::reload_from;
 pub use server::{client_listener, runtime_conf, server_conf, worker_services};
@@ -185,7 +184,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
                             .build(),
                     )
                 }),
-                connections: &guard::CLIENT,
+                connections: &crate::telemetry::connections::CLIENT,
             }
         },
         || client_listener(listen),
@@ -199,7 +198,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
             crate::admin::AdminApp::new(state.clone()),
             &state,
             admin_listen,
-            &guard::ADMIN,
+            &crate::telemetry::connections::ADMIN,
         ));
     }
     if let Some(listen) = metrics_listen {
@@ -208,7 +207,7 @@ pub fn serve(config_path: Option<&Path>, upgrade: bool) -> Result<(), LifecycleE
             crate::admin::MetricsApp::new(state.clone(), metrics_endpoint),
             &state,
             listen,
-            &guard::METRICS,
+            &crate::telemetry::connections::METRICS,
         ));
     }
     if let Some(store) = store {
@@ -246,7 +245,7 @@ fn guarded_service<A: pingora::apps::ServerApp + Send + Sync + 'static>(
     app: A,
     state: &crate::proxy::SharedState,
     listen: SocketAddr,
-    connections: &'static guard::Connections,
+    connections: &'static crate::telemetry::Connections,
 ) -> pingora::services::listening::Service<guard::Guarded<A>> {
     let mut service = pingora::services::listening::Service::new(
         name.to_owned(),
