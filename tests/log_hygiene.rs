@@ -55,7 +55,7 @@ async fn a_megabyte_upstream_header_is_not_written_into_the_log() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(error_type(&body), "api_error", "{body}");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.wait_settled(None).await;
     let logs = relay.logs();
     assert!(
         logs.len() < 20_000,
@@ -85,7 +85,7 @@ async fn an_unreachable_upstream_is_answered_without_an_error_line_per_request()
         // would otherwise send its next request into a closed socket.
         assert_eq!(r.headers()["connection"], "close");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.wait_settled(None).await;
     let logs = relay.logs();
     let proxy_lines: Vec<&str> = logs
         .lines()
