@@ -38,10 +38,19 @@ pub struct RelayProcess {
 }
 
 /// The `server:` block every test config starts with: its own port, pid file and upgrade
-/// socket in the test's temp dir, short grace periods.
+/// socket in the test's temp dir, short grace periods (unless `extra` sets its own).
 pub fn server_block(port: u16, dir: &Path, extra: &str) -> String {
+    let mut grace = String::new();
+    for (field, secs) in [
+        ("grace_period_seconds", 3),
+        ("graceful_shutdown_timeout_seconds", 2),
+    ] {
+        if !extra.contains(&format!("  {field}:")) {
+            grace.push_str(&format!("  {field}: {secs}\n"));
+        }
+    }
     format!(
-        "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  pid_file: \"{}\"\n  upgrade_sock: \"{}\"\n  grace_period_seconds: 3\n  graceful_shutdown_timeout_seconds: 2\n{extra}",
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  pid_file: \"{}\"\n  upgrade_sock: \"{}\"\n{grace}{extra}",
         dir.join("relay.pid").display(),
         dir.join("upgrade.sock").display(),
     )
