@@ -51,29 +51,6 @@ async fn day_used(relay: &RelayProcess, index: usize) -> u64 {
         .unwrap()
 }
 
-fn saved_day_tokens(path: &Path, client: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let file: serde_json::Value = serde_json::from_str(&text).ok()?;
-    file["clients"][client]["day_tokens"].as_u64()
-}
-
-/// Wait until the state file holds `want` for each client's day (the writer saves each second).
-async fn wait_saved(path: &Path, want: &[(&str, u64)], relay: &RelayProcess) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !want
-        .iter()
-        .all(|(c, n)| saved_day_tokens(path, c) == Some(*n))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the state file never held {want:?}: {:?}\nlogs:\n{}",
-            std::fs::read_to_string(path),
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `<state_file>.lock` locked by this (test) process: `flock(LOCK_EX)`, the kind the relay
 /// takes (`File::lock`), held until dropped.
 fn hold_lock(state_file: &Path) -> File {
@@ -155,7 +132,11 @@ async fn sigterm_exits_within_the_bound_while_another_process_holds_the_state_fi
     let after = spend(&relay, "alice-key", 0).await;
     assert!(after > saved);
     wait_saved(&state_file, &[("alice", after)], &relay).await;
-    assert!(state_file_errors(&relay.logs()).is_empty(), "{}", relay.logs());
+    assert!(
+        state_file_errors(&relay.logs()).is_empty(),
+        "{}",
+        relay.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,7 +230,8 @@ async fn an_unwritable_state_file_is_said_once_per_outage_and_saved_once_it_can_
     );
     let logs = relay.logs();
     assert!(
-        logs.lines().any(|l| l.contains(&line) && l.contains(" INFO ")),
+        logs.lines()
+            .any(|l| l.contains(&line) && l.contains(" INFO ")),
         "{logs}"
     );
     assert_eq!(state_file_errors(&logs).len(), 1, "{logs}");

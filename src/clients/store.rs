@@ -456,5 +456,4 @@ mod tests {
         assert_eq!((saved(&path, "alice"), alice.unsaved()), (120, 0));
         assert_eq!(alice.used(Period::Day, &now), 120);
     }
-
 }

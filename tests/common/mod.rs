@@ -333,6 +333,30 @@ pub async fn get_text(relay: &RelayProcess, path: &str) -> String {
     resp.text().await.unwrap()
 }
 
+/// The client budgets' state file's day count for `client`, once it parses and has one.
+pub fn saved_day_tokens(path: &Path, client: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let file: serde_json::Value = serde_json::from_str(&text).ok()?;
+    file["clients"][client]["day_tokens"].as_u64()
+}
+
+/// Wait until the state file holds `want` for each client's day (the writer saves each second).
+pub async fn wait_saved(path: &Path, want: &[(&str, u64)], relay: &RelayProcess) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !want
+        .iter()
+        .all(|(c, n)| saved_day_tokens(path, c) == Some(*n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the state file never held {want:?}: {:?}\nlogs:\n{}",
+            std::fs::read_to_string(path),
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `cc-relay <command> --config <config>`, run off the async runtime.
 pub async fn run_cli(command: &'static str, config: &Path) -> std::process::Output {
     let config = config.to_owned();
