@@ -265,33 +265,6 @@ fn body_bytes(body: &serde_json::Value) -> u64 {
     serde_json::to_vec(body).unwrap().len() as u64
 }
 
-/// The state file's day count for `client`, once it parses and has one.
-fn saved_day_tokens(path: &std::path::Path, client: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let file: serde_json::Value = serde_json::from_str(&text).ok()?;
-    file["clients"][client]["day_tokens"].as_u64()
-}
-
-/// Wait until the state file holds `want` for each client's day (the writer saves each second).
-async fn wait_saved(path: &std::path::Path, want: &[(&str, u64)], relay: &RelayProcess) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if want
-            .iter()
-            .all(|(c, n)| saved_day_tokens(path, c) == Some(*n))
-        {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the state file never held {want:?}: {:?}\nlogs:\n{}",
-            std::fs::read_to_string(path),
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn day_used(relay: &RelayProcess, key: &str, index: usize) -> u64 {
     status_as(relay, key).await["clients"][index]["daily_budget"]["used"]
         .as_u64()

@@ -249,6 +249,15 @@ impl Budget {
         self.unsaved[slot(period)].take()
     }
 
+    /// The tokens counted and not taken by a save yet (the larger of its two periods').
+    pub(super) fn unsaved(&self) -> u64 {
+        Period::BOTH
+            .iter()
+            .map(|&p| self.unsaved[slot(p)].get().1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// What [`Budget::take_unsaved`] gave and could not be saved: to be saved next time.
     pub(super) fn return_unsaved(&self, period: Period, number: u64, tokens: u64) {
         self.unsaved[slot(period)].add(number, tokens);

@@ -7,6 +7,7 @@
 //! says nothing usable about the key. The config may hold only the digest (`key_sha256`).
 
 pub mod budget;
+mod file_lock;
 pub mod quota;
 pub mod store;
 

@@ -9,6 +9,12 @@
 //! upgrade's old and new processes — or relays on one machine sharing the file — add up their
 //! usage instead of overwriting each other's, and each sees the others' within a save.
 //!
+//! The lock is waited for a bounded time (`file_lock.rs`), never with the store's mutex held: a
+//! save gives up after [`SAVE_LOCK_WAIT`] and the usage stays in memory for the next one; the
+//! first read (start-up, or the reload that brings the first budget) and the save at exit give
+//! up after [`LOCK_WAIT`], the exit saying what it could not write. Another process holding the
+//! lock cannot keep this one from reloading or exiting.
+//!
 //! A count this process has seen never goes down because the file changed under it: a file
 //! deleted, or replaced by one that is not a state file (moved aside to `<state_file>.unreadable`),
 //! is written again with what this process knows — for each client and period, the larger of
@@ -22,7 +28,6 @@
 //! "month_tokens":56789}}}`. A client removed from the config keeps its line (it may come back).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,9 +37,18 @@ use once_cell::sync::Lazy;
 use serde::{Deserialize, Serialize};
 
 use super::budget::{day_label, month_label, parse_day, parse_month, Budget, Period};
+use super::file_lock::{lock_within, SaveError};
 
 /// How often counted usage is written (what a crash may lose).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a periodic save waits for the file lock (another relay's save holds it for
+/// milliseconds); then it gives up and the next one tries again.
+const SAVE_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// The longest the first read and the save at exit wait for the file lock: what another
+/// process holding it can add to a start-up, a reload or an exit.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Default, Serialize, Deserialize)]
 struct StateFile {
@@ -100,7 +114,7 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Inner {
     /// Fixed by the first config with a budget (`server.state_file` needs an upgrade to change).
     path: Option<PathBuf>,
@@ -114,17 +128,22 @@ struct Inner {
 
 static STORE: Lazy<Mutex<Inner>> = Lazy::new(Default::default);
 
+/// One save at a time (the writer thread's and the one at exit): held across the file lock's
+/// wait instead of [`STORE`], which a reload's build takes.
+static SAVING: Mutex<()> = Mutex::new(());
+
 /// The budget of client `name`, shared by every config that has it. The first call reads
 /// `path` (blocking: from start-up or a reload's build, never a request) and starts the writer.
 pub fn budget(name: &str, path: &Path) -> Arc<Budget> {
     let mut inner = STORE.lock().unwrap_or_else(|e| e.into_inner());
     if inner.path.is_none() {
         inner.path = Some(path.to_owned());
-        if let Err(e) = sync(&mut inner) {
+        // Under the mutex, but nothing else uses the store yet (no budget, no writer thread).
+        if let Err(e) = sync(&mut inner, LOCK_WAIT) {
             inner.failing = true;
             log::error!(
-                "client budgets: cannot read or write {}: {e}; usage is counted in memory and \
-                 saved when it can be",
+                "client budgets: cannot read or write {}: {e}; usage is counted in memory, \
+                 saved and raised to the file's counts when it can be",
                 path.display()
             );
         }
@@ -162,19 +181,36 @@ pub fn flush() {
     }
 }
 
-/// `last`: the process is exiting, a failure is said whether or not it was already.
+/// `last`: the process is exiting, a failure is said whether or not it was already, with
+/// what it leaves unwritten.
 fn save(last: bool) {
-    let mut inner = STORE.lock().unwrap_or_else(|e| e.into_inner());
-    if inner.path.is_none() {
+    let _one_save = SAVING.lock().unwrap_or_else(|e| e.into_inner());
+    // A copy (the budgets are shared `Arc`s): the file lock is waited for without the mutex.
+    let mut copy = STORE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(path) = copy.path.clone() else {
         return;
+    };
+    let result = sync(&mut copy, if last { LOCK_WAIT } else { SAVE_LOCK_WAIT });
+    let mut inner = STORE.lock().unwrap_or_else(|e| e.into_inner());
+    if result.is_ok() {
+        inner.last_read = copy.last_read;
     }
-    let path = inner.path.clone().unwrap_or_default();
-    match sync(&mut inner) {
-        // Once per outage, not every second.
-        Err(e) if !inner.failing || last => {
+    match result {
+        Err(e) if last => {
             inner.failing = true;
             log::error!(
-                "client budgets: cannot save {}: {e} (tried again every {} s)",
+                "client budgets: not saved at exit: {e}; usage counted since the last save is \
+                 not written to {}: {}",
+                path.display(),
+                unsaved(&copy.budgets)
+            );
+        }
+        // Once per outage, not every second.
+        Err(e) if !inner.failing => {
+            inner.failing = true;
+            log::error!(
+                "client budgets: cannot save {}: {e} (tried again every {} s; the usage is kept \
+                 in memory meanwhile)",
                 path.display(),
                 SAVE_EVERY.as_secs()
             );
@@ -188,19 +224,34 @@ fn save(last: bool) {
     }
 }
 
-/// Under the file lock: read the file, add this process's unsaved usage and raise it to what
-/// this process knows, write it back if that changed it, and take its totals.
-fn sync(inner: &mut Inner) -> std::io::Result<()> {
+/// What `budgets` counted and no save took: `alice 120 tokens, bob 7 tokens` (names only).
+fn unsaved(budgets: &HashMap<String, Arc<Budget>>) -> String {
+    let mut left: Vec<_> = budgets
+        .iter()
+        .map(|(name, b)| (name.as_str(), b.unsaved()))
+        .filter(|&(_, tokens)| tokens > 0)
+        .collect();
+    if left.is_empty() {
+        return "none".into();
+    }
+    left.sort_unstable();
+    let left: Vec<_> = left
+        .iter()
+        .map(|(name, tokens)| format!("{name} {tokens} tokens"))
+        .collect();
+    left.join(", ")
+}
+
+/// Under the file lock (waited for at most `wait`): read the file, add this process's unsaved
+/// usage and raise it to what this process knows, write it back if that changed it, and take
+/// its totals. Nothing is taken from the budgets before the lock is held, and what was taken
+/// is given back when the write fails: a failed save loses nothing.
+fn sync(inner: &mut Inner, wait: Duration) -> Result<(), SaveError> {
     let path = inner.path.clone().unwrap_or_default();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path(&path))?;
-    lock.lock()?;
+    let _lock = lock_within(&lock_path(&path), wait)?;
     let read = read(&path)?.clients;
     let mut clients = read.clone();
     // Clients this process does not run (or not yet): what it last read of them.
@@ -234,7 +285,7 @@ fn sync(inner: &mut Inner) -> std::io::Result<()> {
             for (budget, period, number, delta) in taken {
                 budget.return_unsaved(period, number, delta);
             }
-            return Err(e);
+            return Err(e.into());
         }
         clients = file.clients;
     }
@@ -329,10 +380,10 @@ mod tests {
 
         in_a.add(100, &now);
         bob.add(7, &now);
-        sync(&mut a).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         in_b.add(50, &now);
-        sync(&mut b).unwrap();
-        sync(&mut a).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         assert_eq!(
             (day(&in_a), day(&in_b), saved(&path, "alice")),
             (150, 150, 150)
@@ -340,22 +391,22 @@ mod tests {
 
         // Deleted: the first to save writes what it knows, the other adds nothing twice.
         std::fs::remove_file(&path).unwrap();
-        sync(&mut b).unwrap();
-        sync(&mut a).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         assert_eq!((saved(&path, "alice"), saved(&path, "bob")), (150, 7));
         // B never ran bob: it restores him from what it read.
         std::fs::remove_file(&path).unwrap();
-        sync(&mut b).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
         assert_eq!(saved(&path, "bob"), 7);
 
         // Deleted with usage not saved yet on both sides.
         in_a.add(10, &now);
         in_b.add(5, &now);
         std::fs::remove_file(&path).unwrap();
-        sync(&mut a).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         assert_eq!(saved(&path, "alice"), 160);
-        sync(&mut b).unwrap();
-        sync(&mut a).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         assert_eq!(
             (day(&in_a), day(&in_b), saved(&path, "alice")),
             (165, 165, 165)
@@ -363,24 +414,46 @@ mod tests {
 
         // Garbage: moved aside, written again, nothing lowered.
         std::fs::write(&path, "{ not json").unwrap();
-        sync(&mut a).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
         assert_eq!(saved(&path, "alice"), 165);
         assert!(dir.path().join("budgets.json.unreadable").exists());
         // A valid file that says less (an old copy put back): raised again.
         let mut old = read(&path).unwrap();
         old.clients.get_mut("alice").unwrap().day_tokens = 3;
         write(&path, &old).unwrap();
-        sync(&mut b).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
         assert_eq!((day(&in_b), saved(&path, "alice")), (165, 165));
 
         // An untouched file is not written again.
         let before = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        sync(&mut a).unwrap();
-        sync(&mut b).unwrap();
+        sync(&mut a, LOCK_WAIT).unwrap();
+        sync(&mut b, LOCK_WAIT).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().modified().unwrap(),
             before
         );
+    }
+
+    #[test]
+    fn a_save_that_cannot_get_the_lock_keeps_the_usage_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let now = Calendar::at(1_796_068_443);
+        let mut a = process(&path);
+        let alice = client(&mut a, "alice");
+        alice.add(100, &now);
+        sync(&mut a, LOCK_WAIT).unwrap();
+        alice.add(20, &now);
+
+        let held = lock_within(&lock_path(&path), Duration::ZERO).unwrap();
+        let err = sync(&mut a, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, SaveError::Locked { .. }), "{err}");
+        assert_eq!((saved(&path, "alice"), alice.unsaved()), (100, 20));
+        assert_eq!(unsaved(&a.budgets), "alice 20 tokens");
+        drop(held);
+        sync(&mut a, Duration::ZERO).unwrap();
+        assert_eq!((saved(&path, "alice"), alice.unsaved()), (120, 0));
+        assert_eq!(alice.used(Period::Day, &now), 120);
     }
 }

@@ -38,10 +38,19 @@ pub struct RelayProcess {
 }
 
 /// The `server:` block every test config starts with: its own port, pid file and upgrade
-/// socket in the test's temp dir, short grace periods.
+/// socket in the test's temp dir, short grace periods (unless `extra` sets its own).
 pub fn server_block(port: u16, dir: &Path, extra: &str) -> String {
+    let mut grace = String::new();
+    for (field, secs) in [
+        ("grace_period_seconds", 3),
+        ("graceful_shutdown_timeout_seconds", 2),
+    ] {
+        if !extra.contains(&format!("  {field}:")) {
+            grace.push_str(&format!("  {field}: {secs}\n"));
+        }
+    }
     format!(
-        "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  pid_file: \"{}\"\n  upgrade_sock: \"{}\"\n  grace_period_seconds: 3\n  graceful_shutdown_timeout_seconds: 2\n{extra}",
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  pid_file: \"{}\"\n  upgrade_sock: \"{}\"\n{grace}{extra}",
         dir.join("relay.pid").display(),
         dir.join("upgrade.sock").display(),
     )
@@ -322,6 +331,30 @@ pub async fn get_json(relay: &RelayProcess, path: &str) -> serde_json::Value {
 pub async fn get_text(relay: &RelayProcess, path: &str) -> String {
     let resp = client().get(relay.url(path)).send().await.unwrap();
     resp.text().await.unwrap()
+}
+
+/// The client budgets' state file's day count for `client`, once it parses and has one.
+pub fn saved_day_tokens(path: &Path, client: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let file: serde_json::Value = serde_json::from_str(&text).ok()?;
+    file["clients"][client]["day_tokens"].as_u64()
+}
+
+/// Wait until the state file holds `want` for each client's day (the writer saves each second).
+pub async fn wait_saved(path: &Path, want: &[(&str, u64)], relay: &RelayProcess) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !want
+        .iter()
+        .all(|(c, n)| saved_day_tokens(path, c) == Some(*n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the state file never held {want:?}: {:?}\nlogs:\n{}",
+            std::fs::read_to_string(path),
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `cc-relay <command> --config <config>`, run off the async runtime.
