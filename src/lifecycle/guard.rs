@@ -32,6 +32,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::first_bytes;
 use crate::proxy::SharedState;
 use crate::telemetry::Connections;
 
@@ -91,11 +92,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             log::debug!("client connection refused: {max} open (server.max_connections)");
             return None;
         }
-        // The handshake and the first request header share one deadline.
+        // The handshake and the first request header share one deadline. Nothing is built for
+        // the connection until its client sends something (first_bytes.rs): the wait is part of
+        // this future, which therefore holds no large future inline.
         let deadline = accepted + header_timeout;
-        let stream = match &self.tls {
-            Some(acceptor) => self.handshake(acceptor, stream, deadline).await?,
-            None => stream,
+        let (stream, first) = match &self.tls {
+            Some(acceptor) => (self.handshake(acceptor, stream, deadline).await?, None),
+            None => {
+                let mut stream = stream;
+                let first = tokio::time::timeout_at(deadline, first_bytes::first_byte(&mut stream))
+                    .await
+                    .ok()??;
+                (stream, Some(first))
+            }
         };
         let rearm = Arc::new(AtomicU64::new(0));
         let mut stream: Stream = Box::new(HeaderDeadline::new(
@@ -103,6 +112,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             deadline,
             max_header,
             rearm.clone(),
+            first,
         ));
         // This connection's requests, one after another, as Pingora's listener would loop; the
         // next header has the idle time and the header time.
@@ -138,11 +148,22 @@ impl<A> Guarded<A> {
             .ok();
         let failure = match tcp {
             None => "the accepted connection is not a TCP stream".to_owned(),
-            Some(tcp) => {
-                match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
-                    Ok(Ok(tls)) => return Some(Box::new(tls)),
+            Some(mut tcp) => {
+                match tokio::time::timeout_at(deadline, first_bytes::first_tls_record(&mut tcp))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        // The client is talking: now rustls's connection and the handshake's
+                        // future (a TLS stream's size: boxed, and freed once it is done).
+                        let handshake = Box::pin(acceptor.tls_handshake(*tcp));
+                        match tokio::time::timeout_at(deadline, handshake).await {
+                            Ok(Ok(tls)) => return Some(Box::new(tls)),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => late_handshake(),
+                        }
+                    }
                     Ok(Err(e)) => e.to_string(),
-                    Err(_) => "not finished within server.client_header_timeout_ms".to_owned(),
+                    Err(_) => late_handshake(),
                 }
             }
         };
@@ -156,6 +177,10 @@ impl<A> Guarded<A> {
         });
         None
     }
+}
+
+fn late_handshake() -> String {
+    "not finished within server.client_header_timeout_ms".to_owned()
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which Pingora peeks for on an h2c listener.
@@ -228,6 +253,7 @@ impl HeaderDeadline {
         deadline: Instant,
         max_header_bytes: usize,
         rearm: Arc<AtomicU64>,
+        first: Option<u8>,
     ) -> HeaderDeadline {
         let mut guarded = HeaderDeadline {
             inner,
@@ -242,6 +268,13 @@ impl HeaderDeadline {
             peeked_len: 0,
         };
         guarded.arm(deadline);
+        if let Some(byte) = first {
+            // Read by the guard before the stream was wrapped: watched, and handed out first.
+            // One byte is within any cap (server.max_header_bytes is at least 1,024).
+            guarded.watch(&[byte]);
+            guarded.peeked[0] = byte;
+            guarded.peeked_len = 1;
+        }
         guarded
     }
 
