@@ -4,6 +4,9 @@
 //! connection and its buffer for ever, and enough of them lock everyone out. The guard:
 //! - counts open client connections (`server.max_connections`): past the cap a new
 //!   connection is closed at once, before a byte of it is read;
+//! - builds nothing for a connection until its client sends something (first_bytes.rs), and
+//!   serves it in a task of its own rather than Pingora's, so that thousands of connections
+//!   that say nothing cost little memory (issue 26: about 5 KiB each, from 25);
 //! - gives each request header a deadline (`server.client_header_timeout_ms`; on a reused
 //!   connection the idle timeout comes on top): a connection whose header is not complete by
 //!   then is closed. The stream is watched until the header's blank line (`\r\n\r\n`, which the
@@ -32,6 +35,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::first_bytes;
 use crate::proxy::SharedState;
 use crate::telemetry::Connections;
 
@@ -67,6 +71,14 @@ impl<A> Guarded<A> {
     }
 }
 
+/// A connection's limits, read from the config once, when it is accepted.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    idle: Duration,
+    max_header: usize,
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
@@ -75,46 +87,90 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
-        let (max, header_timeout, idle, max_header) = {
+        let (max, limits) = {
             let state = self.state.current.load();
             let server = &state.config.server;
-            (
-                server.max_connections,
-                server.client_header_timeout,
-                server.idle_timeout,
-                server.max_header_bytes,
-            )
+            let limits = Limits {
+                header_timeout: server.client_header_timeout,
+                idle: server.idle_timeout,
+                max_header: server.max_header_bytes,
+            };
+            (server.max_connections, limits)
         };
         let open = self.connections.opened();
-        let _open = Open(self.connections);
+        let place = Open(self.connections);
         if max > 0 && open > max {
             log::debug!("client connection refused: {max} open (server.max_connections)");
             return None;
         }
-        // The handshake and the first request header share one deadline.
-        let deadline = accepted + header_timeout;
-        let stream = match &self.tls {
-            Some(acceptor) => self.handshake(acceptor, stream, deadline).await?,
-            None => stream,
+        // Pingora's task for a connection is sized for the TLS handshake its own listener would
+        // make (8.8 KiB; this listener is plain TCP, so the space is never used) and held for
+        // the connection's life. The connection moves to a task of its own, sized for what the
+        // guard holds while it waits, and Pingora's task ends here: a silent connection costs
+        // about 4 KiB instead of 12 (issue 26).
+        let mut serve = Box::pin(self.clone().serve(
+            stream,
+            shutdown.clone(),
+            place,
+            accepted + limits.header_timeout,
+            limits,
+        ));
+        // Its first step is taken here, as it was in Pingora's task: a connection the client
+        // closed already is uncounted before the accept loop counts the next ones.
+        if futures::poll!(serve.as_mut()).is_pending() {
+            tokio::spawn(serve);
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
+    /// One connection, from its first byte: the handshake and the first request header by
+    /// `deadline`, then its requests one after another, as Pingora's listener would loop.
+    async fn serve(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: ShutdownWatch,
+        _place: Open,
+        deadline: Instant,
+        limits: Limits,
+    ) {
+        // Nothing is built for the connection until its client sends something
+        // (first_bytes.rs): the wait is part of this future, which therefore holds no large
+        // future inline.
+        let (stream, first) = match &self.tls {
+            Some(acceptor) => match self.handshake(acceptor, stream, deadline).await {
+                Some(tls) => (tls, None),
+                None => return,
+            },
+            None => {
+                let mut stream = stream;
+                match tokio::time::timeout_at(deadline, first_bytes::first_byte(&mut stream)).await
+                {
+                    Ok(Some(first)) => (stream, Some(first)),
+                    _ => return,
+                }
+            }
         };
         let rearm = Arc::new(AtomicU64::new(0));
         let mut stream: Stream = Box::new(HeaderDeadline::new(
             stream,
             deadline,
-            max_header,
+            limits.max_header,
             rearm.clone(),
+            first,
         ));
-        // This connection's requests, one after another, as Pingora's listener would loop; the
-        // next header has the idle time and the header time.
-        loop {
-            stream = self.inner.process_new(stream, shutdown).await?;
-            let within = (idle + header_timeout).as_millis().max(1);
-            rearm.store(u64::try_from(within).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // The next header on a reused connection has the idle time and the header time.
+        let within = (limits.idle + limits.header_timeout).as_millis().max(1);
+        let within = u64::try_from(within).unwrap_or(u64::MAX);
+        while let Some(reused) = self.inner.process_new(stream, &shutdown).await {
+            stream = reused;
+            rearm.store(within, Ordering::Relaxed);
         }
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
     }
 }
 
@@ -138,11 +194,22 @@ impl<A> Guarded<A> {
             .ok();
         let failure = match tcp {
             None => "the accepted connection is not a TCP stream".to_owned(),
-            Some(tcp) => {
-                match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
-                    Ok(Ok(tls)) => return Some(Box::new(tls)),
+            Some(mut tcp) => {
+                match tokio::time::timeout_at(deadline, first_bytes::first_tls_record(&mut tcp))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        // The client is talking: now rustls's connection and the handshake's
+                        // future (a TLS stream's size: boxed, and freed once it is done).
+                        let handshake = Box::pin(acceptor.tls_handshake(*tcp));
+                        match tokio::time::timeout_at(deadline, handshake).await {
+                            Ok(Ok(tls)) => return Some(Box::new(tls)),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => late_handshake(),
+                        }
+                    }
                     Ok(Err(e)) => e.to_string(),
-                    Err(_) => "not finished within server.client_header_timeout_ms".to_owned(),
+                    Err(_) => late_handshake(),
                 }
             }
         };
@@ -156,6 +223,10 @@ impl<A> Guarded<A> {
         });
         None
     }
+}
+
+fn late_handshake() -> String {
+    "not finished within server.client_header_timeout_ms".to_owned()
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which Pingora peeks for on an h2c listener.
@@ -228,6 +299,7 @@ impl HeaderDeadline {
         deadline: Instant,
         max_header_bytes: usize,
         rearm: Arc<AtomicU64>,
+        first: Option<u8>,
     ) -> HeaderDeadline {
         let mut guarded = HeaderDeadline {
             inner,
@@ -242,6 +314,13 @@ impl HeaderDeadline {
             peeked_len: 0,
         };
         guarded.arm(deadline);
+        if let Some(byte) = first {
+            // Read by the guard before the stream was wrapped: watched, and handed out first.
+            // One byte is within any cap (server.max_header_bytes is at least 1,024).
+            guarded.watch(&[byte]);
+            guarded.peeked[0] = byte;
+            guarded.peeked_len = 1;
+        }
         guarded
     }
 

@@ -18,6 +18,7 @@
 mod claude_code;
 mod client;
 mod dns;
+mod first_bytes;
 mod guard;
 mod health;
 mod logging;
