@@ -610,3 +610,104 @@ async fn a_reload_adds_a_key_to_the_shared_pool() {
         assert!(!page.contains(&redis.url()));
     }
 }
+
+/// Issue 26, defect 8: a relay joining the store costs the pool nothing. One key of 6 requests
+/// a minute (the upstream enforces 6 too), two relays sharing it, a third joining; at once, 18
+/// requests round-robin across the three: exactly the 6 the key grants reach the upstream, as
+/// through one relay alone, and the other 12 get the relays' own 429. (Joining used to push a
+/// third of a heartbeat's debt into the store, which a burst right after turned into one
+/// request fewer: 5 of 18.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_joining_costs_the_pool_nothing() {
+    const LIMIT: u64 = 6;
+    let redis = RedisServer::start();
+    let mock = start_mock(
+        KeyLimits {
+            rpm: LIMIT,
+            ..Default::default()
+        },
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    let body = format!(
+        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
+         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
+         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n",
+        mock.base_url(),
+        SECRETS[0],
+        redis.url()
+    );
+    let mut relays = start_relays(&body, 2);
+    wait_shared(&relays, 2).await;
+    // The third joins; the burst starts as soon as it shares the key.
+    relays.push(RelayProcess::start_with_log(
+        "",
+        &body,
+        "warn,cc_relay=info",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_json(&relays[2], "/status").await["shared_state"]["breaker"] != "closed" {
+        assert!(Instant::now() < deadline, "the third relay did not join");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let request = message_body("claude-sonnet-4-5", false);
+    let mut answers = [0u64; 3];
+    let mut refused = 0;
+    for i in 0..3 * LIMIT as usize {
+        // The newcomer first.
+        let relay = &relays[(i + 2) % 3];
+        match post_messages(relay, &request, &[]).await.status().as_u16() {
+            200 => answers[(i + 2) % 3] += 1,
+            429 => refused += 1,
+            other => panic!("request {i}: unexpected status {other}"),
+        }
+    }
+    assert_reservations_drained(&redis, &relays, Duration::from_secs(5)).await;
+    assert_eq!(mock.rate_limited(), 0, "the upstream answered 429");
+    assert_eq!(
+        mock.request_count() as u64,
+        LIMIT,
+        "{answers:?} answered per relay, {refused} refused by the relays"
+    );
+    assert_eq!(answers.iter().sum::<u64>(), LIMIT);
+    assert_eq!(refused, 2 * LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tmp_issue_scenario() {
+    const LIMIT: u64 = 6;
+    let redis = RedisServer::start();
+    let mock = start_mock(
+        KeyLimits {
+            rpm: LIMIT,
+            ..Default::default()
+        },
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    let body =
+        format!(
+        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
+         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
+         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n",
+        mock.base_url(), SECRETS[0], redis.url()
+    );
+    let relays = start_relays(&body, 3);
+    if std::env::var("NOWAIT").is_err() {
+        wait_shared(&relays, 3).await;
+    }
+    if std::env::var("SLEEP").is_ok() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!("before: {:?}", redis.keys("test:*"));
+    let request = message_body("claude-sonnet-4-5", false);
+    let mut ok = 0;
+    for i in 0..18 {
+        if post_messages(&relays[i % 3], &request, &[]).await.status() == 200 {
+            ok += 1;
+        }
+    }
+    eprintln!("ok {ok} upstream {}", mock.request_count());
+}

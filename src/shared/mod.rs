@@ -14,6 +14,11 @@
 //! `min_relays`), starting empty: never unchecked. When the store answers again, each relay
 //! marks every key empty in it (balances only go down) before the breaker closes, so there is
 //! no burst.
+//!
+//! A relay starting joins the others at no cost to them: its requests wait (bounded) for the
+//! store's first answer instead of spending or refusing from a local share, and joining pushes
+//! into the store only what the relay itself admitted before (nothing, when the store answered
+//! in time).
 
 mod breaker;
 mod keys;
@@ -23,7 +28,7 @@ mod scripts;
 mod stats;
 mod worker;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +103,10 @@ pub struct Store {
     breaker: Breaker,
     /// Relays alive at the last heartbeat (0 before the first).
     relays_alive: AtomicU32,
+    /// The store's first verdict (its first heartbeat and reseed, answered or not) is in: until
+    /// then requests wait for it (`joined`), up to `join_wait`.
+    started: AtomicBool,
+    started_notify: tokio::sync::Notify,
     seq: AtomicU64,
     ops: tokio::sync::mpsc::Sender<Op>,
     ops_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Op>>>,
@@ -118,6 +127,8 @@ impl Store {
             connect: OnceCell::new(),
             breaker: Breaker::new_open(),
             relays_alive: AtomicU32::new(0),
+            started: AtomicBool::new(false),
+            started_notify: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
             ops,
             ops_rx: std::sync::Mutex::new(Some(rx)),
@@ -127,6 +138,52 @@ impl Store {
 
     pub fn namespace(&self) -> &str {
         &self.config.namespace
+    }
+
+    /// The longest a settlement, lesson, heartbeat or reseed waits for the store's answer.
+    fn op_timeout(&self) -> Duration {
+        (self.config.timeout * 4).max(Duration::from_millis(100))
+    }
+
+    /// The longest a request waits for the store's first verdict: its first heartbeat and
+    /// reseed, each bounded by `op_timeout`, and a heartbeat's time for the background service
+    /// to start after the listeners.
+    fn join_wait(&self) -> Duration {
+        2 * self.op_timeout() + worker::HEARTBEAT
+    }
+
+    /// Wait until the store has given its first verdict (at most `join_wait`); at once
+    /// afterwards. A relay that has not asked the store yet knows nothing of what the others
+    /// took: granting from its local share would overdraw the key (a full share) or refuse
+    /// what the key still has (a share of 1/`min_relays`). After the verdict the breaker says
+    /// which rule holds: the store's, or the local share when it did not answer.
+    pub async fn joined(&self) {
+        if self.started.load(Relaxed) {
+            return;
+        }
+        let notified = self.started_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read again, so a verdict landing in between wakes it.
+        notified.as_mut().enable();
+        if self.started.load(Relaxed) {
+            return;
+        }
+        if tokio::time::timeout(self.join_wait(), notified)
+            .await
+            .is_err()
+        {
+            log::debug!(
+                "shared_state: no verdict from the store within {:?}; admitting at the local share",
+                self.join_wait()
+            );
+        }
+    }
+
+    /// The store's first verdict is in (or will never come): requests stop waiting for it.
+    fn set_started(&self) {
+        if !self.started.swap(true, Relaxed) {
+            self.started_notify.notify_waiters();
+        }
     }
 
     /// The part of each key's limits this relay may use now, in millionths.
