@@ -333,6 +333,9 @@ async fn run_with_fault(
         false,
     )
     .await;
+    if mock.rate_limited() > 0 {
+        print_store_logs(name, &relays);
+    }
     assert_eq!(
         mock.rate_limited(),
         0,
@@ -363,15 +366,7 @@ async fn run_with_fault(
         }
     }
     if mock.rate_limited() > 0 {
-        // What the relays said of the store (their breaker, their share), for the failure.
-        for r in relays.iter() {
-            let logs = r.logs();
-            let said: Vec<&str> = logs
-                .lines()
-                .filter(|l| l.contains("shared_state"))
-                .collect();
-            eprintln!("  {name}: relay log:\n{}", said.join("\n"));
-        }
+        print_store_logs(name, &relays);
     }
     assert_eq!(mock.rate_limited(), 0, "{name}: the upstream answered 429");
     assert!(
@@ -380,6 +375,18 @@ async fn run_with_fault(
     );
     assert_eq!(Tally::sum(&tally.other), 0, "{name}: unexpected answers");
     (redis, mock, relays, tally)
+}
+
+/// What the relays said of the store (their breaker, their share), for a failure.
+fn print_store_logs(name: &str, relays: &[RelayProcess]) {
+    for r in relays {
+        let logs = r.logs();
+        let said: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("shared_state"))
+            .collect();
+        eprintln!("  {name}: relay log:\n{}", said.join("\n"));
+    }
 }
 
 async fn breaker_openings(relays: &[RelayProcess]) -> u64 {
@@ -611,6 +618,28 @@ async fn a_reload_adds_a_key_to_the_shared_pool() {
     }
 }
 
+/// The key of the start-up tests: `LIMIT` requests a minute, at the upstream too.
+const LIMIT: u64 = 6;
+
+fn small_key() -> KeyLimits {
+    KeyLimits {
+        rpm: LIMIT,
+        ..Default::default()
+    }
+}
+
+/// A relay with one key of `LIMIT` requests a minute, shared through `redis`.
+fn one_key_body(mock: &MockUpstream, redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
+         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
+         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n{extra}",
+        mock.base_url(),
+        SECRETS[0],
+        redis.url()
+    )
+}
+
 /// Issue 26, defect 8: a relay joining the store costs the pool nothing. One key of 6 requests
 /// a minute (the upstream enforces 6 too), two relays sharing it, a third joining; at once, 18
 /// requests round-robin across the three: exactly the 6 the key grants reach the upstream, as
@@ -619,25 +648,9 @@ async fn a_reload_adds_a_key_to_the_shared_pool() {
 /// request fewer: 5 of 18.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_joining_costs_the_pool_nothing() {
-    const LIMIT: u64 = 6;
     let redis = RedisServer::start();
-    let mock = start_mock(
-        KeyLimits {
-            rpm: LIMIT,
-            ..Default::default()
-        },
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
-    let body = format!(
-        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
-         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
-         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n",
-        mock.base_url(),
-        SECRETS[0],
-        redis.url()
-    );
+    let mock = start_mock(small_key(), Duration::ZERO, Duration::ZERO).await;
+    let body = one_key_body(&mock, &redis, "");
     let mut relays = start_relays(&body, 2);
     wait_shared(&relays, 2).await;
     // The third joins; the burst starts as soon as it shares the key.
@@ -674,40 +687,35 @@ async fn a_relay_joining_costs_the_pool_nothing() {
     assert_eq!(refused, 2 * LIMIT);
 }
 
+/// A relay's requests before the store's first answer wait for it (bounded) rather than being
+/// decided at a local share: the store is paused as the relay starts (its first heartbeat
+/// waits), the relay keeps to 1/3 of the key while it knows nothing (`min_relays: 3`), and 6
+/// requests arrive at once. All 6 are admitted by the store once it answers; decided locally,
+/// 2 would pass and 4 be refused (a full share would overdraw the key instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tmp_issue_scenario() {
-    const LIMIT: u64 = 6;
+async fn a_relay_starting_waits_for_the_store() {
     let redis = RedisServer::start();
-    let mock = start_mock(
-        KeyLimits {
-            rpm: LIMIT,
-            ..Default::default()
-        },
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
-    let body =
-        format!(
-        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
-         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
-         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n",
-        mock.base_url(), SECRETS[0], redis.url()
+    let mock = start_mock(small_key(), Duration::ZERO, Duration::ZERO).await;
+    // Operations wait 4 s for the store: the first heartbeat outlasts the pause.
+    let body = one_key_body(&mock, &redis, "  timeout_ms: 1000\n  min_relays: 3\n");
+    assert_eq!(
+        redis.command(&["CLIENT", "PAUSE", "1500"]).as_deref(),
+        Some("+OK")
     );
-    let relays = start_relays(&body, 3);
-    if std::env::var("NOWAIT").is_err() {
-        wait_shared(&relays, 3).await;
-    }
-    if std::env::var("SLEEP").is_ok() {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    eprintln!("before: {:?}", redis.keys("test:*"));
+    let paused = Instant::now();
+    let relay = RelayProcess::start_with_log("", &body, "warn,cc_relay=info");
+    assert!(
+        paused.elapsed() < Duration::from_millis(1200),
+        "the relay took longer to start than the store's pause: the test would not test the start"
+    );
     let request = message_body("claude-sonnet-4-5", false);
-    let mut ok = 0;
-    for i in 0..18 {
-        if post_messages(&relays[i % 3], &request, &[]).await.status() == 200 {
-            ok += 1;
-        }
-    }
-    eprintln!("ok {ok} upstream {}", mock.request_count());
+    let answers =
+        futures::future::join_all((0..LIMIT).map(|_| post_messages(&relay, &request, &[]))).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_reservations_drained(&redis, std::slice::from_ref(&relay), Duration::from_secs(5)).await;
+    assert_eq!(statuses, vec![200; LIMIT as usize]);
+    assert_eq!(mock.request_count() as u64, LIMIT);
+    let store = &get_json(&relay, "/status").await["shared_state"];
+    assert_eq!(store["admitted"], LIMIT, "{store}");
+    assert_eq!(store["local_admissions"], 0, "{store}");
 }
