@@ -353,6 +353,7 @@ async fn run_with_fault(
         stream,
     ));
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let faulted = Instant::now();
     tokio::task::block_in_place(|| fault(&mut redis, &mut relays));
     let tally = load.await.unwrap();
     report(name, &tally, &mock, started.elapsed());
@@ -367,6 +368,21 @@ async fn run_with_fault(
     }
     if mock.rate_limited() > 0 {
         print_store_logs(name, &relays);
+        let at: Vec<String> = mock
+            .rate_limited_at()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:+.3} s",
+                    t.saturating_duration_since(faulted).as_secs_f64()
+                        - faulted.saturating_duration_since(*t).as_secs_f64()
+                )
+            })
+            .collect();
+        eprintln!(
+            "  {name}: the upstream's 429s, from the fault: {}",
+            at.join(", ")
+        );
     }
     assert_eq!(mock.rate_limited(), 0, "{name}: the upstream answered 429");
     assert!(

@@ -50,6 +50,15 @@ use stats::{Event, Stats};
 
 /// The window of every bucket, in the store's unit (µs).
 const WINDOW_US: u64 = 60_000_000;
+/// How much later (or earlier) than the store's clock says a request may reach the upstream:
+/// the store's answer, the relay's scheduling and the upstream connection all take a variable
+/// time. The upstream counts a request when it arrives, so a request admitted the instant a
+/// token refills in the store can arrive before that token refills at the upstream, which
+/// answers 429. When a response says a key is empty (`remaining: 0`), the tokens the store
+/// counts next are refills, and the store counts each this much later than the figure alone
+/// says: a lag once per time a key runs dry, never a lower rate, and nothing while the key
+/// still holds whole tokens (those are already in the upstream's bucket, whatever the timing).
+const DELIVERY_ALLOWANCE_US: u64 = 250_000;
 /// Candidate keys offered to the store per admission: the preferred one and the next best.
 const MAX_CANDIDATES: usize = 8;
 /// Lessons (and ends of reservations made off a worker thread) waiting for the store; beyond
@@ -200,6 +209,12 @@ impl Store {
         }
     }
 
+    /// Whether this relay keeps to its share of every key now (the breaker is open): what an
+    /// upstream says is left of a key is then the others' as much as this relay's.
+    pub fn keeps_to_share(&self) -> bool {
+        !self.breaker.is_closed()
+    }
+
     /// Make every pool of `state` keep to the share the breaker calls for (after the breaker
     /// moved, and for the pools of a reloaded config).
     pub fn apply_share(&self, state: &RuntimeState) {
@@ -222,8 +237,15 @@ impl Store {
             // What this relay's mirror says of a key may be stale by whatever the others took
             // since its last admission there: each share starts empty and refills at 1/N of
             // the key's rate, so together the relays never take more than the key grants.
+            // And a failure here does not mean the others lost the store too (one slow answer
+            // under load opens only this relay's breaker): while they admit through it, all
+            // this relay takes at its share is more than the key grants. So the share starts
+            // refilling only once the breaker has been open as long as it stays open anyway:
+            // a hiccup costs this relay's requests a wait, never an upstream 429, and in a
+            // real outage every relay keeps to its share from then on.
             let now = Instant::now();
-            let full = [WINDOW_US * 1_000; 3];
+            let hold = worker::REOPEN_AFTER.as_nanos() as u64;
+            let full = [WINDOW_US * 1_000 + hold; 3];
             for pool in state.providers.iter().filter_map(|p| p.pool.as_ref()) {
                 for key in pool.keys() {
                     key.sync_debts_at(full, now);
@@ -308,7 +330,12 @@ impl Store {
                     pool.reserve_admitted(chosen, demand)
                 };
                 let key = &pool.keys()[chosen];
-                key.sync_debts_at(debts_us.map(|d| d.saturating_mul(1_000)), Instant::now());
+                // The admission stands (the store counted it), but once the breaker has opened
+                // (another request's answer was late) the mirror holds this relay's share,
+                // which the store's balances must not refill.
+                if self.breaker.is_closed() {
+                    key.sync_debts_at(debts_us.map(|d| d.saturating_mul(1_000)), Instant::now());
+                }
                 reservation.attach_lease(Box::new(SharedLease::new(
                     self.clone(),
                     names[chosen].clone(),

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::lease::Op;
 use super::link::{self, figure};
 use super::stats::Event;
-use super::{error_kind, scripts, Connect, KeyNames, Store, WINDOW_US};
+use super::{error_kind, scripts, Connect, KeyNames, Store, DELIVERY_ALLOWANCE_US, WINDOW_US};
 use crate::proxy::SharedState;
 
 /// How often each relay stamps itself alive and probes the store.
@@ -23,7 +23,7 @@ pub(super) const HEARTBEAT: Duration = Duration::from_millis(500);
 const RELAY_EXPIRY_MS: u64 = 3_000;
 /// The breaker stays open at least this long, so a flapping store does not flip every relay
 /// between its share and the store on every heartbeat.
-const REOPEN_AFTER: Duration = Duration::from_secs(1);
+pub(super) const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// Script calls in flight to the store at once (the connection pipelines them).
 const OP_CONCURRENCY: usize = 64;
 /// Operations taken from the queue at once.
@@ -196,9 +196,13 @@ enum Seed {
 /// what the others took (its own share may be untouched while theirs are spent). The first
 /// time, what this relay knows is pushed: what it admitted on its own before (nothing when the
 /// store answered its first heartbeat, as requests wait for that). When the store has failed
-/// (an outage, or a late join), the other relays may still be on their share for up to one
-/// heartbeat after this one closes, taking what the store does not see yet: each key's debt
-/// is pushed (N-1)/N of a heartbeat further. A clean join pushes no such lag: the others
+/// (an outage, or a late join), the other relays may still be on their share after this one
+/// closes, taking what the store does not see yet: each finds the store back at its next
+/// heartbeat (within one heartbeat) once that heartbeat's and its reseed's answers are in
+/// (each within `op_timeout`), so each key's debt is pushed (N-1)/N of that span further (a
+/// heartbeat alone left a relay whose heartbeat had just timed out, or was scheduled late, a
+/// few milliseconds on its share that nobody counted: an upstream 429 now and then). A clean
+/// join pushes no such lag: the others
 /// admit through the store, and any debt pushed beyond what was really taken would cost the
 /// pool a request in the next burst (a bucket of 6 a minute with a third of a heartbeat of
 /// debt holds 5).
@@ -214,7 +218,9 @@ async fn reseed(
     let others = u64::from(relays.max(1) - 1);
     let lag_us = match seed {
         Seed::Join => 0,
-        Seed::LateJoin | Seed::AfterOutage => HEARTBEAT.as_micros() as u64 * others / (others + 1),
+        Seed::LateJoin | Seed::AfterOutage => {
+            (HEARTBEAT + 2 * op_timeout).as_micros() as u64 * others / (others + 1)
+        }
     };
     let mut keys = 0;
     for provider in &state.providers {
@@ -305,7 +311,9 @@ async fn learn(
 ) {
     for attempt in 1..=OP_TRIES {
         let mut call = scripts::LEARN.prepare_invoke();
-        call.key(&*names.hash).arg(WINDOW_US);
+        call.key(&*names.hash)
+            .arg(WINDOW_US)
+            .arg(DELIVERY_ALLOWANCE_US);
         call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
         for r in remaining {
             call.arg(figure(r));
