@@ -333,6 +333,9 @@ async fn run_with_fault(
         false,
     )
     .await;
+    if mock.rate_limited() > 0 {
+        print_store_logs(name, &relays);
+    }
     assert_eq!(
         mock.rate_limited(),
         0,
@@ -350,6 +353,7 @@ async fn run_with_fault(
         stream,
     ));
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let faulted = Instant::now();
     tokio::task::block_in_place(|| fault(&mut redis, &mut relays));
     let tally = load.await.unwrap();
     report(name, &tally, &mock, started.elapsed());
@@ -363,15 +367,22 @@ async fn run_with_fault(
         }
     }
     if mock.rate_limited() > 0 {
-        // What the relays said of the store (their breaker, their share), for the failure.
-        for r in relays.iter() {
-            let logs = r.logs();
-            let said: Vec<&str> = logs
-                .lines()
-                .filter(|l| l.contains("shared_state"))
-                .collect();
-            eprintln!("  {name}: relay log:\n{}", said.join("\n"));
-        }
+        print_store_logs(name, &relays);
+        let at: Vec<String> = mock
+            .rate_limited_at()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:+.3} s",
+                    t.saturating_duration_since(faulted).as_secs_f64()
+                        - faulted.saturating_duration_since(*t).as_secs_f64()
+                )
+            })
+            .collect();
+        eprintln!(
+            "  {name}: the upstream's 429s, from the fault: {}",
+            at.join(", ")
+        );
     }
     assert_eq!(mock.rate_limited(), 0, "{name}: the upstream answered 429");
     assert!(
@@ -380,6 +391,18 @@ async fn run_with_fault(
     );
     assert_eq!(Tally::sum(&tally.other), 0, "{name}: unexpected answers");
     (redis, mock, relays, tally)
+}
+
+/// What the relays said of the store (their breaker, their share), for a failure.
+fn print_store_logs(name: &str, relays: &[RelayProcess]) {
+    for r in relays {
+        let logs = r.logs();
+        let said: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("shared_state"))
+            .collect();
+        eprintln!("  {name}: relay log:\n{}", said.join("\n"));
+    }
 }
 
 async fn breaker_openings(relays: &[RelayProcess]) -> u64 {
@@ -609,4 +632,106 @@ async fn a_reload_adds_a_key_to_the_shared_pool() {
     for page in [&metrics, &status] {
         assert!(!page.contains(&redis.url()));
     }
+}
+
+/// The key of the start-up tests: `LIMIT` requests a minute, at the upstream too.
+const LIMIT: u64 = 6;
+
+fn small_key() -> KeyLimits {
+    KeyLimits {
+        rpm: LIMIT,
+        ..Default::default()
+    }
+}
+
+/// A relay with one key of `LIMIT` requests a minute, shared through `redis`.
+fn one_key_body(mock: &MockUpstream, redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "providers:\n  - name: pool\n    type: anthropic\n    base_url: \"{}\"\n    keys:\n      \
+         - name: k1\n        key: \"{}\"\n        rpm_limit: {LIMIT}\n\
+         shared_state:\n  redis_url: \"{}\"\n  namespace: test\n{extra}",
+        mock.base_url(),
+        SECRETS[0],
+        redis.url()
+    )
+}
+
+/// Issue 26, defect 8: a relay joining the store costs the pool nothing. One key of 6 requests
+/// a minute (the upstream enforces 6 too), two relays sharing it, a third joining; at once, 18
+/// requests round-robin across the three: exactly the 6 the key grants reach the upstream, as
+/// through one relay alone, and the other 12 get the relays' own 429. (Joining used to push a
+/// third of a heartbeat's debt into the store, which a burst right after turned into one
+/// request fewer: 5 of 18.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_joining_costs_the_pool_nothing() {
+    let redis = RedisServer::start();
+    let mock = start_mock(small_key(), Duration::ZERO, Duration::ZERO).await;
+    let body = one_key_body(&mock, &redis, "");
+    let mut relays = start_relays(&body, 2);
+    wait_shared(&relays, 2).await;
+    // The third joins; the burst starts as soon as it shares the key.
+    relays.push(RelayProcess::start_with_log(
+        "",
+        &body,
+        "warn,cc_relay=info",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_json(&relays[2], "/status").await["shared_state"]["breaker"] != "closed" {
+        assert!(Instant::now() < deadline, "the third relay did not join");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let request = message_body("claude-sonnet-4-5", false);
+    let mut answers = [0u64; 3];
+    let mut refused = 0;
+    for i in 0..3 * LIMIT as usize {
+        // The newcomer first.
+        let relay = &relays[(i + 2) % 3];
+        match post_messages(relay, &request, &[]).await.status().as_u16() {
+            200 => answers[(i + 2) % 3] += 1,
+            429 => refused += 1,
+            other => panic!("request {i}: unexpected status {other}"),
+        }
+    }
+    assert_reservations_drained(&redis, &relays, Duration::from_secs(5)).await;
+    assert_eq!(mock.rate_limited(), 0, "the upstream answered 429");
+    assert_eq!(
+        mock.request_count() as u64,
+        LIMIT,
+        "{answers:?} answered per relay, {refused} refused by the relays"
+    );
+    assert_eq!(answers.iter().sum::<u64>(), LIMIT);
+    assert_eq!(refused, 2 * LIMIT);
+}
+
+/// A relay's requests before the store's first answer wait for it (bounded) rather than being
+/// decided at a local share: the store is paused as the relay starts (its first heartbeat
+/// waits), the relay keeps to 1/3 of the key while it knows nothing (`min_relays: 3`), and 6
+/// requests arrive at once. All 6 are admitted by the store once it answers; decided locally,
+/// 2 would pass and 4 be refused (a full share would overdraw the key instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_starting_waits_for_the_store() {
+    let redis = RedisServer::start();
+    let mock = start_mock(small_key(), Duration::ZERO, Duration::ZERO).await;
+    // Operations wait 4 s for the store: the first heartbeat outlasts the pause.
+    let body = one_key_body(&mock, &redis, "  timeout_ms: 1000\n  min_relays: 3\n");
+    assert_eq!(
+        redis.command(&["CLIENT", "PAUSE", "1500"]).as_deref(),
+        Some("+OK")
+    );
+    let paused = Instant::now();
+    let relay = RelayProcess::start_with_log("", &body, "warn,cc_relay=info");
+    assert!(
+        paused.elapsed() < Duration::from_millis(1200),
+        "the relay took longer to start than the store's pause: the test would not test the start"
+    );
+    let request = message_body("claude-sonnet-4-5", false);
+    let answers =
+        futures::future::join_all((0..LIMIT).map(|_| post_messages(&relay, &request, &[]))).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_reservations_drained(&redis, std::slice::from_ref(&relay), Duration::from_secs(5)).await;
+    assert_eq!(statuses, vec![200; LIMIT as usize]);
+    assert_eq!(mock.request_count() as u64, LIMIT);
+    let store = &get_json(&relay, "/status").await["shared_state"];
+    assert_eq!(store["admitted"], LIMIT, "{store}");
+    assert_eq!(store["local_admissions"], 0, "{store}");
 }

@@ -295,13 +295,21 @@ impl Bucket {
     ///
     /// `remaining: 0` with a reset means the upstream admits nothing until the reset and is
     /// full at it (Anthropic's reset is "fully replenished"): the dimension holds until then.
-    pub fn learn(&self, figures: &LimitHeaders, pending: u64, now: u64) {
+    ///
+    /// `lowering`: the figure may only lower the level (and lengthen a hold), never raise it:
+    /// while this process keeps to a share of a key the others use through the shared store,
+    /// what is left of the whole key is theirs as much as its own.
+    pub fn learn(&self, figures: &LimitHeaders, pending: u64, now: u64, lowering: bool) {
         if let Some(limit) = figures.limit {
             self.learn_limit(limit);
         }
         let Some(remaining) = figures.remaining else {
             return;
         };
+        if lowering {
+            self.lower_to(remaining, figures, pending, now);
+            return;
+        }
         // The upstream speaks for the whole key; this process may hold only its share of it.
         // "Nothing left" is the upstream's own zero, not a small balance that rounds to
         // zero in this process's share.
@@ -333,6 +341,28 @@ impl Bucket {
             }
         };
         self.tat.store(tat, Relaxed);
+    }
+
+    /// [`Bucket::learn`]'s figure, where it lowers the level: the level (and any hold) is
+    /// taken only if that leaves less to admit than the bucket has now, and reservations in
+    /// flight keep their epoch otherwise.
+    fn lower_to(&self, remaining: u64, figures: &LimitHeaders, pending: u64, now: u64) {
+        let limit = self.limit();
+        if limit == 0 {
+            return;
+        }
+        let scaled = self.scaled(remaining);
+        let pending = if self.counted_on_arrival { 0 } else { pending };
+        let target = scaled.saturating_sub(pending).min(limit);
+        let tat = now.saturating_add(window_share(limit - target, limit));
+        if remaining == 0 {
+            if let Some(reset) = figures.reset.map(duration_ns) {
+                self.hold.fetch_max(now.saturating_add(reset), Relaxed);
+            }
+        }
+        if self.tat.fetch_max(tat, Relaxed) < tat && self.counted_on_arrival {
+            self.epoch.fetch_add(1, Relaxed);
+        }
     }
 
     /// Take the shared store's level for this dimension: `debt` ns of the window in use, as

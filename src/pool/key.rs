@@ -295,7 +295,17 @@ impl KeyState {
         self.learn_at(limits, Instant::now());
     }
 
+    /// As [`KeyState::learn`], but the figures may only lower this process's balances: while
+    /// it keeps to its share of a key that other relays use through the shared store.
+    pub fn learn_lowering(&self, limits: &RateLimitHeaders) {
+        self.learn_with(limits, Instant::now(), true);
+    }
+
     pub fn learn_at(&self, limits: &RateLimitHeaders, now: Instant) {
+        self.learn_with(limits, now, false);
+    }
+
+    fn learn_with(&self, limits: &RateLimitHeaders, now: Instant, lowering: bool) {
         let now = ns(now);
         // A bucket refills within one window, so a reset further out is not a per-minute
         // limit's (a broken or hostile upstream, a clock gone wrong): it is cut to the window,
@@ -321,7 +331,7 @@ impl KeyState {
         }
         let pending = self.core.output_in_flight();
         for (bucket, figures) in self.core.buckets.iter().zip(&figures) {
-            bucket.learn(figures, pending, now);
+            bucket.learn(figures, pending, now, lowering);
         }
         let held = self
             .core

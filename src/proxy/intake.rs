@@ -378,10 +378,15 @@ pub fn plan(
     Step::Continue
 }
 
-/// Wait up to the first candidate's `pooling.max_wait_ms` for some candidate's pool to be able
-/// to admit the request; else answer 429 with the earliest true Retry-After across them (or
+/// With `shared_state`, wait (bounded) for the store's first verdict after start. Then wait up
+/// to the first candidate's `pooling.max_wait_ms` for some candidate's pool to be able to admit
+/// the request; else answer 429 with the earliest true Retry-After across them (or
 /// 503 when every key of every candidate is refused) without touching an upstream.
 pub async fn plan_admission(ctx: &RequestCtx, state: &RuntimeState) -> Step {
+    if let Some(store) = crate::shared::installed() {
+        // A relay just started asks the store before its pools answer for every relay's use.
+        store.joined().await;
+    }
     let first = &state.providers[ctx.plan[0]];
     let deadline = tokio::time::Instant::now() + first.config.pooling.max_wait;
     loop {

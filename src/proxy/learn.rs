@@ -24,7 +24,13 @@ pub fn apply(ctx: &RequestCtx, resp: &ResponseHeader, verdict: Verdict) {
     let now = SystemTime::now();
     let limits = kind.rate_limits(resp, now);
     if !limits.is_empty() {
-        key.learn(&limits);
+        if crate::shared::installed().is_some_and(|store| store.keeps_to_share()) {
+            // The others admit through the store meanwhile: the figures may only lower this
+            // relay's share, or what is left of the key would be taken twice.
+            key.learn_lowering(&limits);
+        } else {
+            key.learn(&limits);
+        }
     }
     match verdict {
         Verdict::RateLimited => {

@@ -19,7 +19,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::stats::Event;
-use super::{error_kind, scripts, KeyNames, Store, WINDOW_US};
+use super::{error_kind, scripts, KeyNames, Store, DELIVERY_ALLOWANCE_US, WINDOW_US};
 use crate::pool::Settlement;
 
 /// Work waiting for one thread's link: above this it is refused (admissions fail over to the
@@ -353,7 +353,8 @@ fn command(store: &Store, group: &Group, member: &mut String) -> redis::Cmd {
         cmd.arg(&*names.hash).arg(&*names.flight);
     }
     cmd.arg(WINDOW_US)
-        .arg(store.config.lease.as_millis() as u64);
+        .arg(store.config.lease.as_millis() as u64)
+        .arg(DELIVERY_ALLOWANCE_US);
     for (_, limits, debts, cap) in &keys {
         cmd.arg(limits[0]).arg(limits[1]).arg(limits[2]);
         cmd.arg(debts[0]).arg(debts[1]).arg(debts[2]).arg(*cap);

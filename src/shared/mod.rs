@@ -14,6 +14,11 @@
 //! `min_relays`), starting empty: never unchecked. When the store answers again, each relay
 //! marks every key empty in it (balances only go down) before the breaker closes, so there is
 //! no burst.
+//!
+//! A relay starting joins the others at no cost to them: its requests wait (bounded) for the
+//! store's first answer instead of spending or refusing from a local share, and joining pushes
+//! into the store only what the relay itself admitted before (nothing, when the store answered
+//! in time).
 
 mod breaker;
 mod keys;
@@ -23,7 +28,7 @@ mod scripts;
 mod stats;
 mod worker;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,15 @@ use stats::{Event, Stats};
 
 /// The window of every bucket, in the store's unit (µs).
 const WINDOW_US: u64 = 60_000_000;
+/// How much later (or earlier) than the store's clock says a request may reach the upstream:
+/// the store's answer, the relay's scheduling and the upstream connection all take a variable
+/// time. The upstream counts a request when it arrives, so a request admitted the instant a
+/// token refills in the store can arrive before that token refills at the upstream, which
+/// answers 429. When a response says a key is empty (`remaining: 0`), the tokens the store
+/// counts next are refills, and the store counts each this much later than the figure alone
+/// says: a lag once per time a key runs dry, never a lower rate, and nothing while the key
+/// still holds whole tokens (those are already in the upstream's bucket, whatever the timing).
+const DELIVERY_ALLOWANCE_US: u64 = 250_000;
 /// Candidate keys offered to the store per admission: the preferred one and the next best.
 const MAX_CANDIDATES: usize = 8;
 /// Lessons (and ends of reservations made off a worker thread) waiting for the store; beyond
@@ -98,6 +112,10 @@ pub struct Store {
     breaker: Breaker,
     /// Relays alive at the last heartbeat (0 before the first).
     relays_alive: AtomicU32,
+    /// The store's first verdict (its first heartbeat and reseed, answered or not) is in: until
+    /// then requests wait for it (`joined`), up to `join_wait`.
+    started: AtomicBool,
+    started_notify: tokio::sync::Notify,
     seq: AtomicU64,
     ops: tokio::sync::mpsc::Sender<Op>,
     ops_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Op>>>,
@@ -118,6 +136,8 @@ impl Store {
             connect: OnceCell::new(),
             breaker: Breaker::new_open(),
             relays_alive: AtomicU32::new(0),
+            started: AtomicBool::new(false),
+            started_notify: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
             ops,
             ops_rx: std::sync::Mutex::new(Some(rx)),
@@ -127,6 +147,52 @@ impl Store {
 
     pub fn namespace(&self) -> &str {
         &self.config.namespace
+    }
+
+    /// The longest a settlement, lesson, heartbeat or reseed waits for the store's answer.
+    fn op_timeout(&self) -> Duration {
+        (self.config.timeout * 4).max(Duration::from_millis(100))
+    }
+
+    /// The longest a request waits for the store's first verdict: its first heartbeat and
+    /// reseed, each bounded by `op_timeout`, and a heartbeat's time for the background service
+    /// to start after the listeners.
+    fn join_wait(&self) -> Duration {
+        2 * self.op_timeout() + worker::HEARTBEAT
+    }
+
+    /// Wait until the store has given its first verdict (at most `join_wait`); at once
+    /// afterwards. A relay that has not asked the store yet knows nothing of what the others
+    /// took: granting from its local share would overdraw the key (a full share) or refuse
+    /// what the key still has (a share of 1/`min_relays`). After the verdict the breaker says
+    /// which rule holds: the store's, or the local share when it did not answer.
+    pub async fn joined(&self) {
+        if self.started.load(Relaxed) {
+            return;
+        }
+        let notified = self.started_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read again, so a verdict landing in between wakes it.
+        notified.as_mut().enable();
+        if self.started.load(Relaxed) {
+            return;
+        }
+        if tokio::time::timeout(self.join_wait(), notified)
+            .await
+            .is_err()
+        {
+            log::debug!(
+                "shared_state: no verdict from the store within {:?}; admitting at the local share",
+                self.join_wait()
+            );
+        }
+    }
+
+    /// The store's first verdict is in (or will never come): requests stop waiting for it.
+    fn set_started(&self) {
+        if !self.started.swap(true, Relaxed) {
+            self.started_notify.notify_waiters();
+        }
     }
 
     /// The part of each key's limits this relay may use now, in millionths.
@@ -141,6 +207,12 @@ impl Store {
                 .max(1);
             FULL_SHARE / u64::from(n)
         }
+    }
+
+    /// Whether this relay keeps to its share of every key now (the breaker is open): what an
+    /// upstream says is left of a key is then the others' as much as this relay's.
+    pub fn keeps_to_share(&self) -> bool {
+        !self.breaker.is_closed()
     }
 
     /// Make every pool of `state` keep to the share the breaker calls for (after the breaker
@@ -165,8 +237,15 @@ impl Store {
             // What this relay's mirror says of a key may be stale by whatever the others took
             // since its last admission there: each share starts empty and refills at 1/N of
             // the key's rate, so together the relays never take more than the key grants.
+            // And a failure here does not mean the others lost the store too (one slow answer
+            // under load opens only this relay's breaker): while they admit through it, all
+            // this relay takes at its share is more than the key grants. So the share starts
+            // refilling only once the breaker has been open as long as it stays open anyway:
+            // a hiccup costs this relay's requests a wait, never an upstream 429, and in a
+            // real outage every relay keeps to its share from then on.
             let now = Instant::now();
-            let full = [WINDOW_US * 1_000; 3];
+            let hold = worker::REOPEN_AFTER.as_nanos() as u64;
+            let full = [WINDOW_US * 1_000 + hold; 3];
             for pool in state.providers.iter().filter_map(|p| p.pool.as_ref()) {
                 for key in pool.keys() {
                     key.sync_debts_at(full, now);
@@ -251,7 +330,12 @@ impl Store {
                     pool.reserve_admitted(chosen, demand)
                 };
                 let key = &pool.keys()[chosen];
-                key.sync_debts_at(debts_us.map(|d| d.saturating_mul(1_000)), Instant::now());
+                // The admission stands (the store counted it), but once the breaker has opened
+                // (another request's answer was late) the mirror holds this relay's share,
+                // which the store's balances must not refill.
+                if self.breaker.is_closed() {
+                    key.sync_debts_at(debts_us.map(|d| d.saturating_mul(1_000)), Instant::now());
+                }
                 reservation.attach_lease(Box::new(SharedLease::new(
                     self.clone(),
                     names[chosen].clone(),

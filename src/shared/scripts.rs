@@ -34,7 +34,8 @@ fn script(body: &str) -> Script {
 /// costs more than the arithmetic around it, and the call itself (its socket reads and writes)
 /// more than both.
 ///
-/// `KEYS`: per key its hash and its in-flight set. `ARGV`: window (µs), lease (ms), then per key
+/// `KEYS`: per key its hash and its in-flight set. `ARGV`: window (µs), lease (ms), delivery
+/// allowance (µs, `DELIVERY_ALLOWANCE_US`: added to a balance a `remaining` of 0 sets), then per key
 /// seven numbers: its three limits (0 = unknown), the three debts (µs) the relay itself knows
 /// for it, used only when the store has no state for the key (never seen, or lost in a restart
 /// without persistence) and an admission needs it, and the cap on requests in flight (0: none);
@@ -57,9 +58,10 @@ pub static EXCHANGE: Lazy<Script> = Lazy::new(|| {
         r#"
 local W = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
+local D = tonumber(ARGV[3])
 local now_ms = math.floor(now / 1000)
 local keys = {}
-local a = 3
+local a = 4
 for j = 1, #KEYS / 2 do
   keys[j] = {h = KEYS[2 * j - 1], f = KEYS[2 * j], at = a,
              L = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])},
@@ -107,6 +109,8 @@ for _ = 1, settlements do
         if r >= 0 then
           if r > L then r = L end
           local floor = now + (L - r) * W / L
+          -- Empty: what comes next are refills, which reach the upstream's bucket later.
+          if r == 0 then floor = floor + D end
           if floor > k.t[d] then
             k.t[d] = floor
             k.dirty = true
@@ -206,26 +210,29 @@ return out
 /// A cooldown for every relay, sent at once (a 429 or a 403 benches the key everywhere), with
 /// the response's `remaining` figures, which may only lower a balance (authoritative, but older
 /// than reservations made since). Other responses' figures travel with their settlement.
-/// `KEYS`: hash. `ARGV`: window (µs), the three limits, the three remaining figures (-1: not
-/// reported), the cooldown from now (µs, 0: none).
+/// `KEYS`: hash. `ARGV`: window (µs), delivery allowance (µs, as `EXCHANGE`'s), the three
+/// limits, the three remaining figures (-1: not reported), the cooldown from now (µs, 0: none).
 pub static LEARN: Lazy<Script> = Lazy::new(|| {
     script(
         r#"
 local W = tonumber(ARGV[1])
+local D = tonumber(ARGV[2])
 local horizon = 0
 for d = 0, 2 do
-  local L = tonumber(ARGV[2 + d])
-  local r = tonumber(ARGV[5 + d])
+  local L = tonumber(ARGV[3 + d])
+  local r = tonumber(ARGV[6 + d])
   local field = 't' .. d
   local tat = tonumber(redis.call('HGET', KEYS[1], field) or now)
   if L > 0 and r >= 0 then
     if r > L then r = L end
-    tat = math.max(tat, now + (L - r) * W / L)
+    local floor = now + (L - r) * W / L
+    if r == 0 then floor = floor + D end
+    tat = math.max(tat, floor)
     redis.call('HSET', KEYS[1], field, int(tat))
   end
   horizon = math.max(horizon, tat - now)
 end
-local cool = tonumber(ARGV[8])
+local cool = tonumber(ARGV[9])
 if cool > 0 then
   local until_ = now + cool
   local current = tonumber(redis.call('HGET', KEYS[1], 'cool') or '0')

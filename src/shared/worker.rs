@@ -14,16 +14,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::lease::Op;
 use super::link::{self, figure};
 use super::stats::Event;
-use super::{error_kind, scripts, Connect, KeyNames, Store, WINDOW_US};
+use super::{error_kind, scripts, Connect, KeyNames, Store, DELIVERY_ALLOWANCE_US, WINDOW_US};
 use crate::proxy::SharedState;
 
 /// How often each relay stamps itself alive and probes the store.
-const HEARTBEAT: Duration = Duration::from_millis(500);
+pub(super) const HEARTBEAT: Duration = Duration::from_millis(500);
 /// A relay silent this long no longer counts among the relays sharing the keys.
 const RELAY_EXPIRY_MS: u64 = 3_000;
 /// The breaker stays open at least this long, so a flapping store does not flip every relay
 /// between its share and the store on every heartbeat.
-const REOPEN_AFTER: Duration = Duration::from_secs(1);
+pub(super) const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// Script calls in flight to the store at once (the connection pipelines them).
 const OP_CONCURRENCY: usize = 64;
 /// Operations taken from the queue at once.
@@ -44,6 +44,9 @@ impl BackgroundService for StoreTask {
         let Some(ops) = store.ops_rx.lock().ok().and_then(|mut rx| rx.take()) else {
             return;
         };
+        // Whatever happens below, requests waiting for the store's first verdict stop waiting
+        // once this task has given it or given up.
+        let _started = Started(store);
         let client = match redis::Client::open(store.config.redis_url.expose()) {
             Ok(client) => client,
             Err(e) => {
@@ -55,7 +58,7 @@ impl BackgroundService for StoreTask {
                 return;
             }
         };
-        let op_timeout = (store.config.timeout * 4).max(Duration::from_millis(100));
+        let op_timeout = store.op_timeout();
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(op_timeout))
@@ -79,6 +82,9 @@ impl BackgroundService for StoreTask {
 
         let mut conn = conn;
         let mut shared_once = false;
+        // The store failed this relay before it first shared: the others may be on their
+        // share too (see `reseed`).
+        let mut failed_before = false;
         // Since when the store has answered without a break (set when the breaker closes).
         let mut answering_since: Option<Instant> = None;
         loop {
@@ -110,8 +116,14 @@ impl BackgroundService for StoreTask {
                     if !store.breaker.is_closed()
                         && (!shared_once || store.breaker.open_for() >= REOPEN_AFTER)
                     {
-                        match reseed(&self.state, &mut conn, op_timeout, relays, shared_once).await
-                        {
+                        let seed = if shared_once {
+                            Seed::AfterOutage
+                        } else if failed_before {
+                            Seed::LateJoin
+                        } else {
+                            Seed::Join
+                        };
+                        match reseed(&self.state, &mut conn, op_timeout, relays, seed).await {
                             Ok(keys) => {
                                 answering_since = Some(Instant::now());
                                 store.breaker.close();
@@ -122,22 +134,29 @@ impl BackgroundService for StoreTask {
                                 );
                                 shared_once = true;
                             }
-                            Err(why) => log::debug!("shared_state: reseeding failed: {why}"),
+                            Err(why) => {
+                                failed_before = true;
+                                log::debug!("shared_state: reseeding failed: {why}")
+                            }
                         }
                     }
                 }
                 Ok(Err(e)) => {
                     answering_since = None;
+                    failed_before = true;
                     store.trip(&self.state.current.load(), &error_kind(&e))
                 }
                 Err(_) => {
                     answering_since = None;
+                    failed_before = true;
                     store.trip(
                         &self.state.current.load(),
                         &format!("heartbeat unanswered within {op_timeout:?}"),
                     )
                 }
             }
+            // The first verdict is in: closed, or open and the pools at their share.
+            store.set_started();
             let next = HEARTBEAT.saturating_sub(beat.elapsed());
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -157,26 +176,52 @@ impl BackgroundService for StoreTask {
     }
 }
 
+/// Why this relay pushes its view into the store before its breaker closes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Seed {
+    /// Its first time, the store answering from the start: the others share through the
+    /// store, which already counts everything they took.
+    Join,
+    /// Its first time, after the store failed it: the others may be on their share too.
+    LateJoin,
+    /// Back after an outage, during which it kept to its share.
+    AfterOutage,
+}
+
 /// Push this relay's view of every key into the store (balances only go down), before the
 /// breaker closes: what it used at its share while the store was away is then counted.
 ///
-/// After an outage (`outage`), every key is pushed to empty: each relay kept to its share
-/// meanwhile, so together they took at most what the keys refilled, and the first relay back
-/// cannot know what the others took (its own share may be untouched while theirs are spent).
-/// At start-up, what this relay knows is pushed (nothing was shared yet). Either way the other
-/// relays may still be on their share for up to one heartbeat after this one closes, taking
-/// what the store does not see yet: each key's debt is pushed (N-1)/N of a heartbeat further.
+/// After an outage, every key is pushed to empty: each relay kept to its share meanwhile, so
+/// together they took at most what the keys refilled, and the first relay back cannot know
+/// what the others took (its own share may be untouched while theirs are spent). The first
+/// time, what this relay knows is pushed: what it admitted on its own before (nothing when the
+/// store answered its first heartbeat, as requests wait for that). When the store has failed
+/// (an outage, or a late join), the other relays may still be on their share after this one
+/// closes, taking what the store does not see yet: each finds the store back at its next
+/// heartbeat (within one heartbeat) once that heartbeat's and its reseed's answers are in
+/// (each within `op_timeout`), so each key's debt is pushed (N-1)/N of that span further (a
+/// heartbeat alone left a relay whose heartbeat had just timed out, or was scheduled late, a
+/// few milliseconds on its share that nobody counted: an upstream 429 now and then). A clean
+/// join pushes no such lag: the others
+/// admit through the store, and any debt pushed beyond what was really taken would cost the
+/// pool a request in the next burst (a bucket of 6 a minute with a third of a heartbeat of
+/// debt holds 5).
 async fn reseed(
     state: &SharedState,
     conn: &mut ConnectionManager,
     op_timeout: Duration,
     relays: u32,
-    outage: bool,
+    seed: Seed,
 ) -> Result<usize, String> {
     let state = state.current.load_full();
     let now = Instant::now();
     let others = u64::from(relays.max(1) - 1);
-    let lag_us = HEARTBEAT.as_micros() as u64 * others / (others + 1);
+    let lag_us = match seed {
+        Seed::Join => 0,
+        Seed::LateJoin | Seed::AfterOutage => {
+            (HEARTBEAT + 2 * op_timeout).as_micros() as u64 * others / (others + 1)
+        }
+    };
     let mut keys = 0;
     for provider in &state.providers {
         let Some(pool) = &provider.pool else { continue };
@@ -189,7 +234,11 @@ async fn reseed(
         for (key, names) in pool.keys().iter().zip(names) {
             call.key(&*names.hash);
             for debt in key.debts_at(now) {
-                let debt = if outage { WINDOW_US } else { debt / 1_000 };
+                let debt = if seed == Seed::AfterOutage {
+                    WINDOW_US
+                } else {
+                    debt / 1_000
+                };
                 call.arg(debt + lag_us);
             }
         }
@@ -262,7 +311,9 @@ async fn learn(
 ) {
     for attempt in 1..=OP_TRIES {
         let mut call = scripts::LEARN.prepare_invoke();
-        call.key(&*names.hash).arg(WINDOW_US);
+        call.key(&*names.hash)
+            .arg(WINDOW_US)
+            .arg(DELIVERY_ALLOWANCE_US);
         call.arg(limits[0]).arg(limits[1]).arg(limits[2]);
         for r in remaining {
             call.arg(figure(r));
@@ -277,4 +328,14 @@ async fn learn(
         }
     }
     store.stats.count(Event::OpFailed);
+}
+
+/// Marks the store's first verdict as given when the task leaves (or gives up at start), so no
+/// request keeps waiting for a store this relay will never ask.
+struct Started<'a>(&'a Store);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.0.set_started();
+    }
 }

@@ -166,6 +166,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// 429s answered because a key's limits were exceeded (not injected faults).
     rate_limited: AtomicU64,
+    /// When each of those 429s was answered, for a test to place them in its run.
+    rate_limited_at: Mutex<Vec<std::time::Instant>>,
     /// Connections reset by `reset_connection_on_request`, requests left unanswered by
     /// `black_hole_after_idle`.
     connection_resets: AtomicU64,
@@ -202,6 +204,7 @@ impl MockUpstream {
             token_uri: format!("http://{addr}/token"),
             shutdown,
             rate_limited: AtomicU64::new(0),
+            rate_limited_at: Mutex::new(Vec::new()),
             connection_resets: AtomicU64::new(0),
             black_holed: AtomicU64::new(0),
         });
@@ -227,6 +230,11 @@ impl MockUpstream {
     /// what a relay that keeps to the keys' budgets never causes.
     pub fn rate_limited(&self) -> u64 {
         self.shared.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// When each of [`MockUpstream::rate_limited`]'s 429s was answered, oldest first.
+    pub fn rate_limited_at(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared.rate_limited_at).clone()
     }
 
     /// Connections reset by [`MockConfig::reset_connection_on_request`].

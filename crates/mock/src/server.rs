@@ -451,6 +451,7 @@ fn messages(
                     shared
                         .rate_limited
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::lock(&shared.rate_limited_at).push(std::time::Instant::now());
                     if shared.cfg.bedrock.is_some() {
                         let message = "Too many requests, please wait before trying again.";
                         return bedrock_error(429, "ThrottlingException", message, request_id);

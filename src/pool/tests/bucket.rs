@@ -107,7 +107,7 @@ fn a_learned_limit_keeps_the_fraction_in_use() {
         limit: Some(60),
         ..Default::default()
     };
-    bucket.learn(&figures, 0, T);
+    bucket.learn(&figures, 0, T, false);
     bucket.reserve(30, T).unwrap();
     assert_eq!(bucket.remaining(T), 30);
     bucket.learn(
@@ -117,7 +117,27 @@ fn a_learned_limit_keeps_the_fraction_in_use() {
         },
         0,
         T,
+        false,
     );
     assert_eq!(bucket.limit(), 120);
     assert_eq!(bucket.remaining(T), 60);
+}
+
+/// While a relay keeps to its share of a key the others use through the shared store, the
+/// upstream's `remaining` (what is left of the whole key) may lower its share, never refill it.
+#[test]
+fn a_lowering_figure_never_raises_the_level() {
+    let bucket = Bucket::new(60, true);
+    bucket.reserve(50, T).unwrap();
+    let remaining = |r: u64| LimitHeaders {
+        limit: Some(60),
+        remaining: Some(r),
+        ..Default::default()
+    };
+    bucket.learn(&remaining(40), 0, T, true);
+    assert_eq!(bucket.remaining(T), 10, "a fuller key does not refill the share");
+    bucket.learn(&remaining(4), 0, T, true);
+    assert_eq!(bucket.remaining(T), 4, "an emptier key lowers it");
+    bucket.learn(&remaining(40), 0, T, false);
+    assert_eq!(bucket.remaining(T), 40, "without a share the upstream's figure stands");
 }
