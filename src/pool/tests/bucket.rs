@@ -135,9 +135,17 @@ fn a_lowering_figure_never_raises_the_level() {
         ..Default::default()
     };
     bucket.learn(&remaining(40), 0, T, true);
-    assert_eq!(bucket.remaining(T), 10, "a fuller key does not refill the share");
+    assert_eq!(
+        bucket.remaining(T),
+        10,
+        "a fuller key does not refill the share"
+    );
     bucket.learn(&remaining(4), 0, T, true);
     assert_eq!(bucket.remaining(T), 4, "an emptier key lowers it");
     bucket.learn(&remaining(40), 0, T, false);
-    assert_eq!(bucket.remaining(T), 40, "without a share the upstream's figure stands");
+    assert_eq!(
+        bucket.remaining(T),
+        40,
+        "without a share the upstream's figure stands"
+    );
 }
