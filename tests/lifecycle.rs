@@ -350,7 +350,14 @@ async fn sigint_exits_at_once_without_spinning_on_closed_signal_streams() {
     assert_eq!(relay.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(!relay.dir.path().join("relay.pid").exists());
     let logs = relay.logs();
-    assert!(logs.contains("SIGINT: exiting now"), "{logs}");
+    // Our own SIGINT thread (for when Pingora's fast shutdown hangs) and Pingora's fast
+    // shutdown both answer the signal; whichever ends the process first, it ends at once and
+    // cleanly (Pingora's way, when its runtimes exit before our thread logs, says so on the
+    // way out).
+    assert!(
+        logs.contains("SIGINT: exiting now") || logs.contains("cc-relay stopped"),
+        "{logs}"
+    );
     assert!(!logs.contains("config reloaded"), "{logs}");
     assert!(!logs.contains("upgrade:"), "{logs}");
 }
