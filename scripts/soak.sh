@@ -58,10 +58,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r MOCK_PORT RELAY_PORT PINGORA_PORT < <(free_ports 3)
-"$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads 1 >"$DIR/mock.log" 2>&1 &
-PIDS+=($!)
-wait_port "$MOCK_PORT" || { cat "$DIR/mock.log" >&2; exit 1; }
+# The ports are free when picked and taken a moment later: another process may take one in
+# between (it happened twice beside a test run), so the mock tries new ones a few times.
+for attempt in 1 2 3 4 5; do
+  read -r MOCK_PORT RELAY_PORT PINGORA_PORT < <(free_ports 3)
+  "$BIN/cc-relay-mock" --listen "127.0.0.1:$MOCK_PORT" --threads 1 >"$DIR/mock.log" 2>&1 &
+  MOCK_PID=$!
+  # Up, and the one answering is ours (a mock that could not bind has exited).
+  wait_port "$MOCK_PORT" && sleep 0.2 && kill -0 "$MOCK_PID" 2>/dev/null && break
+  kill "$MOCK_PID" 2>/dev/null || true
+  [ "$attempt" = 5 ] && { cat "$DIR/mock.log" >&2; exit 1; }
+  log "the mock could not take port $MOCK_PORT; trying others"
+done
+PIDS+=("$MOCK_PID")
 
 ACCESS_FILE=
 [ "$ACCESS_LOG" = 1 ] && ACCESS_FILE=$DIR/access.log
