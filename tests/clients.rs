@@ -27,17 +27,6 @@ async fn send(relay: &RelayProcess, headers: &[(&str, &str)]) -> (u16, serde_jso
 }
 
 /// `GET /status` with `key`: server.auth's or an `admin` client's.
-async fn status_as(relay: &RelayProcess, key: &str) -> serde_json::Value {
-    let resp = client()
-        .get(relay.url("/status"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 fn message(body: &serde_json::Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
@@ -263,12 +252,6 @@ async fn max_concurrent_caps_a_clients_requests_in_flight() {
 /// The request body as reqwest sends it (`.json()`), whose length bounds the input charged.
 fn body_bytes(body: &serde_json::Value) -> u64 {
     serde_json::to_vec(body).unwrap().len() as u64
-}
-
-async fn day_used(relay: &RelayProcess, key: &str, index: usize) -> u64 {
-    status_as(relay, key).await["clients"][index]["daily_budget"]["used"]
-        .as_u64()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -164,6 +164,16 @@ fn client_hello(config: &Arc<rustls::ClientConfig>) -> Vec<u8> {
     hello
 }
 
+/// An HTTPS client that trusts `ca`, for the relay's own endpoints over TLS.
+fn https_client(ca: &TestCa) -> reqwest::Client {
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(root)
+        .use_rustls_tls()
+        .build()
+        .unwrap()
+}
+
 /// A relay on a TLS listener with HTTP/2 and metrics on.
 fn tls_relay(mock: &MockUpstream, ca: &TestCa, server_extra: &str) -> RelayProcess {
     let (cert, key) = ca.issue("relay");
@@ -199,12 +209,7 @@ async fn tls_handshakes_are_counted_bounded_by_the_header_deadline_and_logged_on
         s
     }));
     let started = Instant::now();
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
-    let https = reqwest::Client::builder()
-        .add_root_certificate(root)
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let https = https_client(&ca);
     let url = format!("https://localhost:{}", relay.addr.port());
     let status = |https: reqwest::Client, url: String| async move {
         https
@@ -314,12 +319,7 @@ async fn silent_connections_and_half_client_hellos_cost_little_memory_while_held
   max_connections: 2000
 ",
     );
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
-    let https = reqwest::Client::builder()
-        .add_root_certificate(root)
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let https = https_client(&ca);
     let url = format!("https://localhost:{}/status", relay.addr.port());
     let open = || async {
         https

@@ -35,20 +35,7 @@ async fn spend(relay: &RelayProcess, key: &str, index: usize) -> u64 {
     let resp = post_messages(relay, &body, &[("x-api-key", key)]).await;
     assert_eq!(resp.status(), 200);
     relay.wait_settled(Some("alice-key")).await;
-    day_used(relay, index).await
-}
-
-async fn day_used(relay: &RelayProcess, index: usize) -> u64 {
-    let resp = client()
-        .get(relay.url("/status"))
-        .header("x-api-key", "alice-key")
-        .send()
-        .await
-        .unwrap();
-    let status: serde_json::Value = resp.json().await.unwrap();
-    status["clients"][index]["daily_budget"]["used"]
-        .as_u64()
-        .unwrap()
+    day_used(relay, "alice-key", index).await
 }
 
 /// `<state_file>.lock` locked by this (test) process: `flock(LOCK_EX)`, the kind the relay
@@ -128,7 +115,7 @@ async fn sigterm_exits_within_the_bound_while_another_process_holds_the_state_fi
     // Released, nothing else is broken: the next relay reads the file, serves and saves.
     drop(lock);
     let relay = RelayProcess::start(&server(&state_file), &config(&mock, ""));
-    assert_eq!(day_used(&relay, 0).await, saved);
+    assert_eq!(day_used(&relay, "alice-key", 0).await, saved);
     let after = spend(&relay, "alice-key", 0).await;
     assert!(after > saved);
     wait_saved(&state_file, &[("alice", after)], &relay).await;
@@ -168,10 +155,16 @@ async fn a_reload_completes_while_another_process_holds_the_state_file_lock() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(day_used(&relay, 0).await, used);
+    assert_eq!(day_used(&relay, "alice-key", 0).await, used);
     let bob_used = spend(&relay, "bob-key", 1).await;
     assert!(bob_used > 0);
-    // Said once, however many saves gave up.
+    // Said once, however many saves gave up (the writer logs it on its own schedule: wait for
+    // it before counting).
+    assert!(
+        relay.wait_for_log("is locked by another process", Duration::from_secs(5)),
+        "{}",
+        relay.logs()
+    );
     let logs = relay.logs();
     let errors = state_file_errors(&logs);
     assert_eq!(errors.len(), 1, "{logs}");

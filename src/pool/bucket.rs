@@ -306,31 +306,20 @@ impl Bucket {
         let Some(remaining) = figures.remaining else {
             return;
         };
-        if lowering {
-            self.lower_to(remaining, figures, pending, now);
-            return;
-        }
         // The upstream speaks for the whole key; this process may hold only its share of it.
         // "Nothing left" is the upstream's own zero, not a small balance that rounds to
         // zero in this process's share.
         let exhausted = remaining == 0;
         let remaining = self.scaled(remaining);
         let local = self.remaining(now);
-        if self.counted_on_arrival {
-            self.epoch.fetch_add(1, Relaxed);
-        }
         let reset = figures
             .reset
             .filter(|_| exhausted)
             .map(duration_ns)
             .map(|reset| now.saturating_add(reset));
-        self.hold.store(reset.unwrap_or(0), Relaxed);
         let limit = self.limit();
-        if limit == 0 {
-            return;
-        }
         let pending = if self.counted_on_arrival { 0 } else { pending };
-        let tat = match reset {
+        let tat = (limit > 0).then(|| match reset {
             Some(reset) => reset.saturating_add(cost(pending, self.cost_fp.load(Relaxed))),
             None => {
                 let mut target = remaining.saturating_sub(pending).min(limit);
@@ -339,29 +328,25 @@ impl Bucket {
                 }
                 now.saturating_add(window_share(limit - target, limit))
             }
-        };
-        self.tat.store(tat, Relaxed);
-    }
-
-    /// [`Bucket::learn`]'s figure, where it lowers the level: the level (and any hold) is
-    /// taken only if that leaves less to admit than the bucket has now, and reservations in
-    /// flight keep their epoch otherwise.
-    fn lower_to(&self, remaining: u64, figures: &LimitHeaders, pending: u64, now: u64) {
-        let limit = self.limit();
-        if limit == 0 {
+        });
+        if lowering {
+            // Taken only where it leaves less to admit; reservations in flight keep their
+            // epoch when it changed nothing.
+            if let Some(reset) = reset {
+                self.hold.fetch_max(reset, Relaxed);
+            }
+            let lowered = tat.is_some_and(|tat| self.tat.fetch_max(tat, Relaxed) < tat);
+            if lowered && self.counted_on_arrival {
+                self.epoch.fetch_add(1, Relaxed);
+            }
             return;
         }
-        let scaled = self.scaled(remaining);
-        let pending = if self.counted_on_arrival { 0 } else { pending };
-        let target = scaled.saturating_sub(pending).min(limit);
-        let tat = now.saturating_add(window_share(limit - target, limit));
-        if remaining == 0 {
-            if let Some(reset) = figures.reset.map(duration_ns) {
-                self.hold.fetch_max(now.saturating_add(reset), Relaxed);
-            }
-        }
-        if self.tat.fetch_max(tat, Relaxed) < tat && self.counted_on_arrival {
+        if self.counted_on_arrival {
             self.epoch.fetch_add(1, Relaxed);
+        }
+        self.hold.store(reset.unwrap_or(0), Relaxed);
+        if let Some(tat) = tat {
+            self.tat.store(tat, Relaxed);
         }
     }
 

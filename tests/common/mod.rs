@@ -333,6 +333,25 @@ pub async fn get_text(relay: &RelayProcess, path: &str) -> String {
     resp.text().await.unwrap()
 }
 
+/// `/status` read with `key` (a client's, for its own view, or an operator's), answered 200.
+pub async fn status_as(relay: &RelayProcess, key: &str) -> serde_json::Value {
+    let resp = client()
+        .get(relay.url("/status"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// The day's tokens `/status` (read with `key`) says client `index` has used.
+pub async fn day_used(relay: &RelayProcess, key: &str, index: usize) -> u64 {
+    status_as(relay, key).await["clients"][index]["daily_budget"]["used"]
+        .as_u64()
+        .unwrap()
+}
+
 /// The client budgets' state file's day count for `client`, once it parses and has one.
 pub fn saved_day_tokens(path: &Path, client: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
