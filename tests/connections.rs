@@ -41,9 +41,24 @@ async fn open_connections(relay: &RelayProcess) -> u64 {
 }
 
 /// Wait until `/status` counts at least `n` open client connections.
+/// Polled over one kept-alive connection: a new client per poll would open a new connection
+/// while the relay may not have seen the last one close yet, and at `max_connections` that one
+/// would be refused.
 async fn wait_open_at_least(relay: &RelayProcess, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(3);
-    while open_connections(relay).await < n {
+    let http = client();
+    let open = || async {
+        let status: serde_json::Value = http
+            .get(relay.url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status["client_connections"]["open"].as_u64().unwrap()
+    };
+    while open().await < n {
         assert!(Instant::now() < deadline, "never {n} connections open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
